@@ -1,0 +1,205 @@
+"""`wem-der`: argument parsing, logging set-up and exit codes; no business logic.
+
+Exit codes: 0 every record accepted, conditional or skipped; 1 any rejected, invalid or
+failed; 2 a usage or configuration error; 3 the run was aborted (credentials refused,
+client misconfigured, interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pipeline import __version__
+from pipeline.errors import WemDerError
+
+EXIT_USAGE = 2
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("environment (each also WEMDER_<NAME>, e.g. WEMDER_BASE_URL)")
+    g.add_argument("--env", default=None, help="profile in config/: local (default), preprod, prod")
+    g.add_argument("--config-dir", type=Path, help="read profiles from here instead of the package")
+    g.add_argument("--base-url", help="Installation v2 base URL; no simulator is started when set")
+    g.add_argument("--nmi-base-url", help="NMI v1 base URL")
+    g.add_argument("--token-url", help="OAuth token URL")
+    g.add_argument("--client-id")
+    g.add_argument("--client-secret", help="better: WEMDER_CLIENT_SECRET or --client-secret-file")
+    g.add_argument("--client-secret-file", type=Path, help="a file whose first line is the secret")
+    g.add_argument("--participant-id", help="sent as X-initiatingParticipantID")
+    g.add_argument("--state-dir", type=Path, help="where the ledger lives (default .wem-der)")
+    t = parser.add_argument_group("transport")
+    t.add_argument("--rate-limit", help="quota as COUNT/PERIOD, e.g. 6000/60s (default) or 300/3s")
+    t.add_argument("--concurrency", type=int, help="workers (default: derived from the quota)")
+    t.add_argument("--action", choices=["create", "update", "upsert"])
+    t.add_argument("--compression", choices=["gzip", "deflate", "none"])
+    t.add_argument("--timeout-s", type=float, help="per request")
+    t.add_argument("--max-attempts", type=int, help="per record, retries included")
+    t.add_argument("--client-cert", type=Path, help="PEM client certificate for mutual TLS")
+    t.add_argument("--client-key", type=Path, help="PEM private key of --client-cert")
+    t.add_argument("--ca-file", type=Path, help="PEM CA bundle that signs the server")
+    t.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="do not verify the server's certificate (refused by the prod profile)",
+    )
+    t.add_argument(
+        "--allow-unknown-fields",
+        action="store_true",
+        default=None,
+        help="send fields the models do not know instead of refusing the record",
+    )
+
+
+def _output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=["console", "json"], help="default: console on a terminal"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wem-der", description="Bulk submission of records to AEMO's WEM DER Register."
+    )
+    parser.add_argument("--version", action="version", version=f"wem-der {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("submit", help="send records from files to the register")
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="JSONL or JSON array, .gz ok, - for stdin"
+    )
+    p.add_argument("--out", type=Path, required=True, help="outcome directory")
+    p.add_argument("--kind", choices=["installation", "nmi"], default="installation")
+    p.add_argument("--force", action="store_true", help="send records unchanged since last time")
+    p.add_argument("--dry-run", action="store_true", help="validate and estimate; no network")
+    _settings_flags(p)
+    _output_flags(p)
+
+    p = sub.add_parser("validate", help="pre-flight records locally; no network")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--kind", choices=["installation", "nmi"], default="installation")
+    p.add_argument("--allow-unknown-fields", action="store_true", default=None)
+    p.add_argument("--env", default=None)
+    p.add_argument("--config-dir", type=Path)
+
+    p = sub.add_parser("resume", help="continue a stopped run into its outcome directory")
+    p.add_argument("run", metavar="RUN_ID|DIR")
+    _settings_flags(p)
+    _output_flags(p)
+
+    p = sub.add_parser("resubmit", help="send chosen records of an earlier run again")
+    p.add_argument("run", metavar="RUN_ID|DIR")
+    p.add_argument(
+        "--only", default="failed,rejected", help="outcomes to send again (default failed,rejected)"
+    )
+    p.add_argument("--with", dest="corrected", type=Path, help="corrected records, matched by NMI")
+    p.add_argument("--out", type=Path, help="outcome directory (default: beside the original)")
+    _settings_flags(p)
+    _output_flags(p)
+
+    p = sub.add_parser("report", help="summarise a run, or the history of one NMI")
+    p.add_argument("run", metavar="RUN_ID|DIR", nargs="?")
+    p.add_argument("--nmi", help="history of this NMI across runs")
+    p.add_argument("--kind", choices=["installation", "nmi"], default="installation")
+    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--env", default=None)
+    p.add_argument("--config-dir", type=Path)
+
+    from pipeline.simulator.cli_args import add_arguments
+
+    p = sub.add_parser("simulate", help="serve the local simulator of the register")
+    add_arguments(p)
+    return parser
+
+
+def configure_logging(log_format: str | None, *, quiet: bool) -> None:
+    """structlog: JSON lines for machines, the console renderer for people."""
+    import logging
+
+    import orjson
+
+    fmt = log_format or ("console" if sys.stderr.isatty() else "json")
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    # With a progress bar on screen, per-record events would scroll it away: show warnings.
+    level = logging.WARNING if quiet else logging.INFO
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=(
+            structlog.BytesLoggerFactory(sys.stderr.buffer)
+            if fmt == "json"
+            else structlog.PrintLoggerFactory(sys.stderr)
+        ),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    """First Ctrl-C: finish what is on the wire, record the rest as not sent. Second: now."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set() and task is not None:
+            task.cancel()
+            return
+        stop.set()
+        print(
+            "\nstopping: finishing requests on the wire (Ctrl-C again to stop now)", file=sys.stderr
+        )
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pipeline import commands
+
+    try:
+        if args.command == "simulate":
+            from pipeline.simulator import serve
+            from pipeline.simulator.cli_args import settings_from_args
+
+            configure_logging(None, quiet=False)
+            asyncio.run(serve(settings_from_args(args)))
+            return 0
+        if args.command == "validate":
+            return commands.validate(args)
+        if args.command == "report":
+            return asyncio.run(commands.report(args))
+        show_progress = sys.stderr.isatty() and not args.no_progress
+        configure_logging(args.log_format, quiet=show_progress)
+        if args.command == "submit" and args.dry_run:
+            return commands.dry_run(args)
+
+        async def go() -> int:
+            hooks = commands.make_hooks(show_progress)
+            _install_stop(hooks.stop)
+            return await commands.run_command(args, hooks)
+
+        return asyncio.run(go())
+    except WemDerError as exc:
+        print(f"wem-der: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("wem-der: interrupted", file=sys.stderr)
+        return 3

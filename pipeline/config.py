@@ -1,0 +1,165 @@
+"""Settings: a profile from `config/NAME.toml`, then `WEMDER_*` environment variables, then flags.
+
+Loaded once at the edge (the CLI), validated, frozen. A profile never holds a secret: the
+client secret comes from `WEMDER_CLIENT_SECRET`, `--client-secret-file` or the flag.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from pipeline.errors import ConfigError
+
+ENV_PREFIX = "WEMDER_"
+SECRET_FIELDS = frozenset({"client_secret"})
+
+
+class Settings(BaseModel):
+    """Everything a run needs; each component receives only its own fields from `run.py`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    env: str = "local"
+    # A production profile refuses anything that weakens transport security.
+    production: bool = False
+    # Start the simulator in-process unless a base URL points elsewhere.
+    embedded_simulator: bool = False
+
+    token_url: str | None = None
+    base_url: str | None = None
+    nmi_base_url: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    participant_id: str | None = None
+    market: str = "WEM"
+
+    rate_limit: str = "6000/60s"
+    quota_margin_s: float = Field(default=0.1, ge=0)
+    concurrency: int | None = Field(default=None, ge=1, le=1024)
+    action: Literal["create", "update", "upsert"] = "upsert"
+    compression: Literal["gzip", "deflate", "none"] = "gzip"
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    max_elapsed_s: float = Field(default=600.0, gt=0)
+    base_delay_s: float = Field(default=0.5, ge=0)
+    max_delay_s: float = Field(default=30.0, ge=0)
+    token_refresh_margin_s: float = Field(default=120.0, ge=0)
+
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    ca_file: Path | None = None
+    insecure: bool = False
+
+    # AEMO does not publish which 422 codes mean "an installation already exists for this
+    # NMI"; a profile lists the codes it knows, and the pattern is matched against the
+    # error's title and detail as a fallback.
+    already_exists_codes: tuple[str, ...] = ()
+    already_exists_pattern: str = "(?i)already (exists|registered)"
+    # 403s on this many distinct records in a row mean the participant is not entitled:
+    # stop the run rather than burn the batch.
+    stop_after_forbidden: int = Field(default=3, ge=1)
+
+    allow_unknown_fields: bool = False
+    enumerations_file: Path | None = None
+    state_dir: Path = Path(".wem-der")
+
+    def secret_free(self) -> dict[str, Any]:
+        """The settings as JSON, for `run.json`: the secret replaced by whether it was set."""
+        out = self.model_dump(mode="json", exclude=set(SECRET_FIELDS))
+        out["client_secret_set"] = self.client_secret is not None
+        return out
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a URL's host is on this machine (where turning verification off is harmless)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _profile_text(env: str, config_dir: Path | None) -> str:
+    if config_dir is not None:
+        path = config_dir / f"{env}.toml"
+        if not path.is_file():
+            raise ConfigError(f"no profile {env!r}: {path} does not exist")
+        return path.read_text(encoding="utf-8")
+    # config/*.toml ship inside the package as pipeline/profiles (a link to config/).
+    resource = resources.files("pipeline").joinpath(f"profiles/{env}.toml")
+    if not resource.is_file():
+        raise ConfigError(f"no profile {env!r}; the profiles are local, preprod and prod")
+    return resource.read_text(encoding="utf-8")
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        value = environ.get(ENV_PREFIX + name.upper())
+        if value is None or value == "":
+            continue
+        if field.annotation is tuple[str, ...]:
+            out[name] = tuple(v.strip() for v in value.split(",") if v.strip())
+        else:
+            out[name] = value
+    secret_file = environ.get(ENV_PREFIX + "CLIENT_SECRET_FILE")
+    if secret_file and "client_secret" not in out:
+        out["client_secret"] = read_secret_file(Path(secret_file))
+    return out
+
+
+def read_secret_file(path: Path) -> str:
+    """The first line of a secret file; the error names the file, never its content."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the client secret file {path}: {exc.strerror}") from None
+
+
+def load_settings(
+    env: str = "local",
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_dir: Path | None = None,
+) -> Settings:
+    """Profile, then environment, then flags (`overrides`, with None meaning "not given")."""
+    environ = os.environ if environ is None else environ
+    if config_dir is None and environ.get(ENV_PREFIX + "CONFIG_DIR"):
+        config_dir = Path(environ[ENV_PREFIX + "CONFIG_DIR"])
+    try:
+        profile = tomllib.loads(_profile_text(env, config_dir))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"profile {env!r} is not valid TOML: {exc}") from None
+    leaked = SECRET_FIELDS & profile.keys()
+    if leaked:
+        raise ConfigError(
+            f"profile {env!r} holds {', '.join(sorted(leaked))}; secrets never go in a profile:"
+            " set WEMDER_CLIENT_SECRET or pass --client-secret-file"
+        )
+    merged: dict[str, Any] = {"env": env, **profile, **_from_environ(environ)}
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+    if settings.production and settings.insecure:
+        raise ConfigError(
+            f"profile {env!r} is a production profile: certificate verification cannot be"
+            " turned off (drop --insecure)"
+        )
+    return settings

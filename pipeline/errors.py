@@ -1,0 +1,52 @@
+"""The exception tree. Expected API answers are outcomes, not exceptions (see outcomes.py).
+
+    WemDerError                       anything the tool raises on purpose
+    ├── ConfigError                   bad flag, profile or environment (exit 2)
+    ├── InputError                    an input path that cannot be read at all (exit 2)
+    ├── RunAborted                    the run stopped; what was done is recorded (exit 3)
+    │   ├── CredentialsRefused        the token endpoint refused the client credentials
+    │   └── Misconfigured             405/411/415, a 404 on create, 403s across records
+    └── LedgerError                   the state database is corrupt, locked or unwritable
+
+Messages say what was wrong and how to fix it, and never carry a secret.
+"""
+
+from __future__ import annotations
+
+
+class WemDerError(Exception):
+    """Base of every error the tool raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(WemDerError):
+    """A flag, profile or environment variable is missing or wrong."""
+
+    exit_code = 2
+
+
+class InputError(WemDerError):
+    """An input path cannot be read at all (missing, a directory, unreadable)."""
+
+    exit_code = 2
+
+
+class RunAborted(WemDerError):
+    """The run stopped before the end; every finished record is on disk."""
+
+    exit_code = 3
+
+
+class CredentialsRefused(RunAborted):
+    """The token endpoint refused the client id and secret."""
+
+
+class Misconfigured(RunAborted):
+    """The API says the client is set up wrongly; more requests would only burn the batch."""
+
+
+class LedgerError(WemDerError):
+    """The ledger database cannot be used (corrupt, locked by another run, unwritable)."""
+
+    exit_code = 2

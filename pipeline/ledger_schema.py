@@ -1,0 +1,331 @@
+"""The ledger's file format: tables, the statements that use them, row types, and opening
+a file as a ledger (checked, created). The SQL runs only in the ledger's own thread (see
+ledger.py); nothing here touches asyncio.
+
+    runs      one row per invocation: status, inputs, settings (no secrets), summary
+    records   one row per (kind, nmi): does it exist at the register, and the content hash,
+              run and transaction of its last accepted or conditional submission
+    attempts  one row per HTTP attempt, written before the request leaves; `finished_at`
+              NULL means no answer was recorded, `settled` 0 means the record's final
+              outcome was not recorded yet
+    items     the final outcome of each input record of a run, with its outcome-file line
+    meta      schema_version
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from pipeline.errors import LedgerError
+
+SCHEMA_VERSION = 1
+
+# Plain statements, not executescript(): executescript() commits first, and the schema is
+# created inside the BEGIN IMMEDIATE that also checks it, so two runs opening a new file
+# at once cannot both create it.
+DDL = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        status TEXT NOT NULL
+            CHECK (status IN ('running', 'finished', 'aborted', 'interrupted')),
+        kind TEXT NOT NULL,
+        out_dir TEXT NOT NULL,
+        inputs_json TEXT NOT NULL,
+        settings_json TEXT NOT NULL,
+        parent_run_id TEXT,
+        summary_json TEXT
+    )""",
+    "CREATE INDEX runs_by_created ON runs (created_at)",
+    """CREATE TABLE records (
+        kind TEXT NOT NULL,
+        nmi TEXT NOT NULL,
+        exists_at_register INTEGER,
+        last_success_hash TEXT,
+        last_success_run TEXT,
+        last_success_txn TEXT,
+        last_success_at REAL,
+        PRIMARY KEY (kind, nmi)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE attempts (
+        attempt_id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        nmi TEXT NOT NULL,
+        action TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        http_status INTEGER,
+        transaction_id TEXT,
+        settled INTEGER NOT NULL DEFAULT 0
+    )""",
+    # Partial: only attempts whose record has no final outcome yet, so the index stays
+    # tiny and "what was in flight in run X" never reads the run's settled attempts.
+    "CREATE INDEX attempts_unsettled ON attempts (run_id, seq) WHERE settled = 0",
+    "CREATE INDEX attempts_by_key ON attempts (kind, nmi)",
+    # A rowid table with a unique (run_id, seq) index rather than WITHOUT ROWID: each row
+    # carries a ~0.5 kB outcome line, and WITHOUT ROWID suits rows under ~1/20 of a page
+    # (sqlite.org/withoutrowid.html); the narrow index lets done_seqs skip the lines.
+    """CREATE TABLE items (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        nmi TEXT,
+        outcome TEXT NOT NULL,
+        recorded_at REAL NOT NULL,
+        line BLOB NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX items_by_run ON items (run_id, seq)",
+    "CREATE INDEX items_by_key ON items (kind, nmi)",
+)
+
+
+# Statements, in the order of the API that uses them (ledger.py).
+
+# A run_id seen again is that run resuming: it is running again, and its settings are now
+# those of the resuming invocation.
+START_RUN = """INSERT INTO runs (run_id, created_at, status, kind, out_dir, inputs_json,
+    settings_json, parent_run_id) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)
+    ON CONFLICT (run_id) DO UPDATE SET status = 'running', finished_at = NULL,
+    summary_json = NULL, settings_json = excluded.settings_json"""
+FINISH_RUN = "UPDATE runs SET status = ?, finished_at = ?, summary_json = ? WHERE run_id = ?"
+GET_RUN = """SELECT run_id, kind, status, created_at, finished_at, out_dir, inputs_json,
+    settings_json, parent_run_id, summary_json FROM runs WHERE run_id = ?"""
+LATEST_RUNS = """SELECT run_id, kind, status, created_at, finished_at, out_dir, inputs_json,
+    settings_json, parent_run_id, summary_json FROM runs ORDER BY created_at DESC LIMIT ?"""
+LOOKUP = """SELECT exists_at_register, last_success_hash, last_success_run, last_success_txn,
+    last_success_at FROM records WHERE kind = ? AND nmi = ?"""
+BEGIN_ATTEMPT = """INSERT INTO attempts (run_id, seq, kind, nmi, action, content_hash,
+    started_at) VALUES (?, ?, ?, ?, ?, ?, ?)"""
+FINISH_ATTEMPT = """UPDATE attempts SET finished_at = ?, http_status = ?, transaction_id = ?
+    WHERE attempt_id = ?"""
+SET_EXISTS = """INSERT INTO records (kind, nmi, exists_at_register) VALUES (?, ?, ?)
+    ON CONFLICT (kind, nmi) DO UPDATE SET exists_at_register = excluded.exists_at_register"""
+UPSERT_ITEM = """INSERT INTO items (run_id, seq, kind, nmi, outcome, recorded_at, line)
+    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, seq) DO UPDATE SET kind = excluded.kind,
+    nmi = excluded.nmi, outcome = excluded.outcome, recorded_at = excluded.recorded_at,
+    line = excluded.line"""
+SETTLE = "UPDATE attempts SET settled = 1 WHERE run_id = ? AND seq = ? AND settled = 0"
+RECORD_SUCCESS = """INSERT INTO records (kind, nmi, exists_at_register, last_success_hash,
+    last_success_run, last_success_txn, last_success_at) VALUES (?, ?, 1, ?, ?, ?, ?)
+    ON CONFLICT (kind, nmi) DO UPDATE SET exists_at_register = 1,
+    last_success_hash = excluded.last_success_hash, last_success_run = excluded.last_success_run,
+    last_success_txn = excluded.last_success_txn, last_success_at = excluded.last_success_at"""
+DONE_SEQS = "SELECT seq FROM items WHERE run_id = ?"
+IN_FLIGHT = """SELECT seq, attempt_id, kind, nmi, action, content_hash, started_at, finished_at,
+    http_status, transaction_id FROM attempts WHERE run_id = ? AND settled = 0
+    ORDER BY seq, attempt_id"""
+ITEMS_PAGE = """SELECT seq, kind, nmi, outcome, line FROM items
+    WHERE run_id = ? AND seq > ?{filter} ORDER BY seq LIMIT ?"""
+HISTORY = """SELECT run_id, seq, started_at, 0, attempt_id, action, http_status, transaction_id,
+    content_hash, NULL FROM attempts WHERE kind = ? AND nmi = ?
+    UNION ALL SELECT run_id, seq, recorded_at, 1, 0, NULL, NULL, NULL, NULL, line
+    FROM items WHERE kind = ? AND nmi = ? ORDER BY 3, 4, 5"""
+OUTCOME_COUNTS = "SELECT outcome, COUNT(*) FROM items WHERE run_id = ? GROUP BY outcome"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One invocation of the tool, as recorded in `runs`."""
+
+    run_id: str
+    kind: str
+    status: str
+    created_at: float
+    finished_at: float | None
+    out_dir: str
+    inputs: list[str]
+    settings: dict[str, Any]
+    parent_run_id: str | None
+    summary: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordState:
+    """What the ledger knows of one (kind, nmi) across runs."""
+
+    exists: bool | None
+    last_success_hash: str | None
+    last_success_run: str | None
+    last_success_txn: str | None
+    last_success_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """The latest attempt for an input record whose final outcome was never recorded.
+
+    `finished_at is None`: the request may or may not have reached the register. Otherwise
+    the answer arrived (`http_status`, `transaction_id`) but the run stopped before it
+    recorded the outcome, which can be a success that must not be sent again as a create.
+    """
+
+    seq: int
+    attempt_id: int
+    kind: str
+    nmi: str
+    action: str
+    content_hash: str
+    started_at: float
+    finished_at: float | None
+    http_status: int | None
+    transaction_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRow:
+    """The final outcome of one input record of a run; `line` is its outcome-file line."""
+
+    seq: int
+    kind: str
+    nmi: str | None
+    outcome: str
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One event for a (kind, nmi): an HTTP attempt, or the final outcome of a record."""
+
+    run_id: str
+    seq: int
+    at: float
+    event: Literal["attempt", "outcome"]
+    action: str | None
+    http_status: int | None
+    transaction_id: str | None
+    outcome: str | None
+    content_hash: str | None
+
+
+def run_row(row: tuple[Any, ...]) -> RunRow:
+    summary = None if row[9] is None else orjson.loads(row[9])
+    inputs, settings = orjson.loads(row[6]), orjson.loads(row[7])
+    return RunRow(row[0], row[1], row[2], row[3], row[4], row[5], inputs, settings, row[8], summary)
+
+
+def history_row(row: tuple[Any, ...]) -> HistoryRow:
+    run_id, seq, at, is_outcome, _, action, http_status, txn, content_hash, line = row
+    if not is_outcome:
+        return HistoryRow(run_id, seq, at, "attempt", action, http_status, txn, None, content_hash)
+    item = orjson.loads(line)
+    return HistoryRow(
+        run_id,
+        seq,
+        at,
+        "outcome",
+        item["action"],
+        item["http_status"],
+        item["transaction_id"],
+        item["outcome"],
+        item["content_hash"],
+    )
+
+
+def unusable(path: Path, reason: object) -> LedgerError:
+    return LedgerError(
+        f"{path} is not a usable ledger: {reason}; move it aside or point --state-dir elsewhere"
+    )
+
+
+def locked(path: Path, busy_timeout_s: float) -> LedgerError:
+    return LedgerError(
+        f"{path} is locked by another wem-der run (waited {busy_timeout_s:g} s); "
+        "let that run finish or point --state-dir elsewhere"
+    )
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, extended codes included (the low byte is the primary)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+
+def open_ledger(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
+    """Open the ledger at `path`, creating it if new; raise LedgerError if it is unusable."""
+    try:
+        # Only the state directory itself gets 0o700; parents are made like `mkdir -p`.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Create the file before SQLite does so that it is born 0o600: SQLite then gives
+        # the -wal and -shm files the database file's permissions.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise LedgerError(
+            f"cannot create the ledger {path}: {exc.strerror}; "
+            "check the permissions of --state-dir or point it elsewhere"
+        ) from exc
+    try:
+        # isolation_level=None: the ledger thread issues BEGIN IMMEDIATE/COMMIT itself.
+        conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise unusable(path, exc) from exc
+    try:
+        _prepare(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        if is_busy(exc):
+            raise locked(path, busy_timeout_s) from exc
+        raise unusable(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    # quick_check reads every page but skips the index cross-checks of integrity_check:
+    # it is what finds a torn or overwritten file before a run trusts it.
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        # One row can hold hundreds of lines; the count and the first say enough.
+        lines = [line for row in problems for line in row.splitlines() if line[:3] != "***"]
+        found = lines or problems
+        raise unusable(path, f"quick_check found {len(found)} problem(s), first {found[0]!r}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        raise unusable(path, f"SQLite cannot use write-ahead logging here (got {mode!r})")
+    # WAL + NORMAL: a commit survives the process being killed, not a power cut
+    # (sqlite.org/pragma.html#pragma_synchronous), and costs no fsync per batch.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _check_schema(conn, path)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    if "meta" not in tables:
+        if tables:
+            raise unusable(path, "it is an SQLite database of another program")
+        for statement in DDL:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        return
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = row[0] if row else None
+    if not (isinstance(version, str) and version.isdigit()):
+        raise unusable(path, f"its schema_version is {version!r}")
+    if int(version) > SCHEMA_VERSION:
+        raise LedgerError(
+            f"{path} was written by a newer wem-der (ledger schema {version}, this version "
+            f"reads up to {SCHEMA_VERSION}); upgrade wem-der or point --state-dir elsewhere"
+        )
+    # Schema 1 is the first; a migration from an older version goes here when one exists.
+    if int(version) < SCHEMA_VERSION:
+        raise unusable(path, f"ledger schema {version} is unknown")

@@ -1,0 +1,390 @@
+"""Pydantic models of the records a client submits to AEMO's WEM DER Register.
+
+Field names are the JSON names of AEMO's operation definitions, odd casings included
+(`exportLimitkW` beside `importLimitKw`), so a model dumps to exactly what the API reads.
+Server-maintained fields (`SERVER_FIELDS`) are not part of a submission: the register
+assigns them. Which strings are enumerations, and their values, is data
+(`pipeline/data/enumerations.toml`), because AEMO has not published most of them.
+
+Validation never raises to the caller: `validate_record` returns the model or a list of
+`FieldIssue`, each naming the JSON path of the offending field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+# Fields the register maintains and returns; a client that sends them is confused about
+# which side owns them (API-NOTES.md, "Server-maintained fields").
+SERVER_FIELDS = frozenset(
+    {
+        "recordCreationDate",
+        "recordUpdateDate",
+        "recordConfirmedDate",
+        "connectionId",
+        "deviceId",
+        "installationStage",
+    }
+)
+
+
+class RecordKind(StrEnum):
+    """Which API a record belongs to."""
+
+    INSTALLATION = "installation"
+    NMI = "nmi"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldIssue:
+    """One reason a record failed local validation."""
+
+    path: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Enumerations:
+    """The table of enumerated fields and formats, loaded from TOML."""
+
+    formats: Mapping[str, re.Pattern[str]]
+    sets: Mapping[str, frozenset[str]]
+    fields: Mapping[str, Mapping[str, str]]
+
+    @classmethod
+    def from_toml(cls, text: str) -> Enumerations:
+        raw = tomllib.loads(text)
+        return cls(
+            formats={k: re.compile(v) for k, v in raw.get("formats", {}).items()},
+            sets={k: frozenset(v) for k, v in raw.get("sets", {}).items()},
+            fields={kind: dict(table) for kind, table in raw.get("fields", {}).items()},
+        )
+
+    @classmethod
+    def from_file(cls, path: Path) -> Enumerations:
+        return cls.from_toml(path.read_text(encoding="utf-8"))
+
+    def allowed(self, kind: str, field: str) -> frozenset[str] | None:
+        set_name = self.fields.get(kind, {}).get(field)
+        return None if set_name is None else self.sets[set_name]
+
+
+@cache
+def bundled_enumerations() -> Enumerations:
+    """The table shipped with the package."""
+    text = resources.files("pipeline").joinpath("data/enumerations.toml").read_text("utf-8")
+    return Enumerations.from_toml(text)
+
+
+def _table(info: ValidationInfo) -> Enumerations:
+    context = info.context or {}
+    table = context.get("enumerations")
+    return table if isinstance(table, Enumerations) else bundled_enumerations()
+
+
+def _iso_date(value: str) -> str:
+    # AEMO documents yyyy-mm-dd; keep the string as given so a round trip is exact.
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("expected a date as yyyy-mm-dd")
+    try:
+        date.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"expected a real date as yyyy-mm-dd ({exc})") from None
+    return value
+
+
+def _number(value: object) -> int | float:
+    # int stays int and float stays float, so a record dumps back exactly as it was read;
+    # bool is an int to Python but never a number to AEMO.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+Number = Annotated[int | float, PlainValidator(_number)]
+Count = Annotated[int, Field(ge=0)]
+IsoDate = Annotated[str, AfterValidator(_iso_date)]
+
+
+class _Record(BaseModel):
+    """Strict types, unknown fields kept aside (see `unknown_fields`), enumerations checked."""
+
+    # strict: "5" is not a number and 1 is not a string; a client that sends the wrong
+    # type would only learn it from a 400 that costs a request.
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    kind: ClassVar[RecordKind] = RecordKind.INSTALLATION
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _enumerated(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and info.field_name is not None:
+            allowed = _table(info).allowed(cls.kind, info.field_name)
+            if allowed is not None and value not in allowed:
+                choices = ", ".join(sorted(allowed))
+                raise ValueError(f"{value!r} is not one of: {choices}")
+        return value
+
+
+class DeviceDetails(_Record):
+    manufacturerName: str | None = None
+    modelNumber: str | None = None
+    nominalRatedCapacity: Number | None = None
+    nominalLoadCapacity: Number | None = None
+    nominalStorageCapacity: Number | None = None
+
+
+class Device(_Record):
+    nspDeviceId: str | None = None
+    type: str | None = None
+    comments: str | None = None
+    count: Count | None = None
+    status: str | None = None
+    details: DeviceDetails | None = None
+
+
+class AcConnectionDetails(_Record):
+    serialNumbers: list[str] | None = None
+    manufacturerName: str | None = None
+    modelNumber: str | None = None
+    equipmentSeries: str | None = None
+    equipmentStandard: str | None = None
+    regionSetting: str | None = None
+    additionalRequirements: str | None = None
+    sustainOpOvervoltLimit: Number | None = None
+    stopAtOverFreq: Number | None = None
+    stopAtUnderFreq: Number | None = None
+    dredInverterInteraction: str | None = None
+    invVoltWattRespMode: str | None = None
+    invWattRespV1: Number | None = None
+    invWattRespV2: Number | None = None
+    invWattRespV3: Number | None = None
+    invWattRespV4: Number | None = None
+    invWattRespPAtV1: Number | None = None
+    invWattRespPAtV2: Number | None = None
+    invWattRespPAtV3: Number | None = None
+    invWattRespPAtV4: Number | None = None
+    invVoltVarRespMode: str | None = None
+    invVarRespV1: Number | None = None
+    invVarRespV2: Number | None = None
+    invVarRespV3: Number | None = None
+    invVarRespV4: Number | None = None
+    invVarRespQAtV1: Number | None = None
+    invVarRespQAtV2: Number | None = None
+    invVarRespQAtV3: Number | None = None
+    invVarRespQAtV4: Number | None = None
+    invReactivePowerMode: str | None = None
+    invFixReactivePower: Number | None = None
+    fixPowerFactorMode: str | None = None
+    fixPowerFactor: Number | None = None
+    fixPowerFactorQuad: str | None = None
+    powerRespMode: str | None = None
+    referencePointP1: Number | None = None
+    referencePointP2: Number | None = None
+    powerFactorAtP1: Number | None = None
+    powerFactorQuadAtP1: str | None = None
+    powerFactorAtP2: Number | None = None
+    powerFactorQuadAtP2: str | None = None
+    powerRateLimitMode: str | None = None
+    powerRampRate: Number | None = None
+    reactivePowerRegulation: str | None = None
+    voltageSetPoint: Number | None = None
+    voltageSetPointUnit: str | None = None
+    deadband: Number | None = None
+    droop: Number | None = None
+    baseForDroop: Number | None = None
+    reactivePowerSourceLimit: Number | None = None
+    reactivePowerSinkLimit: Number | None = None
+    reactiveFixPowerFactor: Number | None = None
+    reactiveFixPowerFactorQuad: str | None = None
+    generatorRampRate: str | None = None
+    powerRampGradient: Number | None = None
+    frequencySensitiveMode: str | None = None
+    frequencyDeadband: Number | None = None
+    frequencyDroop: Number | None = None
+
+
+class AcConnection(_Record):
+    nspConnectionId: str | None = None
+    commissioningDate: IsoDate | None = None
+    equipmentType: str | None = None
+    count: Count | None = None
+    status: str | None = None
+    equipmentInjectionCapacity: Number | None = None
+    equipmentWithdrawalCapacity: Number | None = None
+    evseOwnershipStatus: str | None = None
+    authorisedAgent: str | None = None
+    managementMethod: str | None = None
+    frequencyRateOfChange: Number | None = None
+    voltageVectorShift: Number | None = None
+    interTripScheme: str | None = None
+    neutralVoltageDisplacement: Number | None = None
+    details: AcConnectionDetails | None = None
+    devices: list[Device] | None = None
+
+
+class _Keyed(_Record):
+    nmi: str
+
+    @field_validator("nmi", mode="after")
+    @classmethod
+    def _nmi_format(cls, value: str, info: ValidationInfo) -> str:
+        pattern = _table(info).formats.get("nmi")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise ValueError(f"expected an NMI matching {pattern.pattern}")
+        return value
+
+
+class Installation(_Keyed):
+    """The `data` object of an Installation v2 create or update."""
+
+    jobNumber: str | None = None
+    approvedCapacity: Number | None = None
+    loadCapacity: Number | None = None
+    exportLimitkW: Number | None = None
+    importLimitKw: Number | None = None
+    availablePhasesCount: Count | None = None
+    installedPhasesCount: Count | None = None
+    islandableInstallation: str | None = None
+    centralProtectionControl: str | None = None
+    underFrequencyProtection: Number | None = None
+    underFrequencyProtectionDelay: Number | None = None
+    overFrequencyProtection: Number | None = None
+    overFrequencyProtectionDelay: Number | None = None
+    underVoltageProtection: Number | None = None
+    underVoltageProtectionDelay: Number | None = None
+    overVoltageProtection: Number | None = None
+    overVoltageProtectionDelay: Number | None = None
+    sustainedOverVoltage: Number | None = None
+    sustainedOverVoltageDelay: Number | None = None
+    frequencyRateOfChange: Number | None = None
+    voltageVectorShift: Number | None = None
+    interTripScheme: str | None = None
+    neutralVoltageDisplacement: Number | None = None
+    otherProtection: str | None = None
+    installerId: str | None = None
+    comments: str | None = None
+    acConnections: list[AcConnection] | None = None
+
+
+class NmiRecord(_Keyed):
+    """The body of an NMI v1 create or update (not wrapped in `data`)."""
+
+    kind: ClassVar[RecordKind] = RecordKind.NMI
+    substation: str | None = None
+    postCode: str | None = None
+    tni: str | None = None
+    status: str | None = None
+
+    @field_validator("postCode", mode="after")
+    @classmethod
+    def _post_code(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pattern = _table(info).formats.get("postCode")
+        if value is not None and pattern is not None and not pattern.fullmatch(value):
+            raise ValueError(f"expected a post code matching {pattern.pattern}")
+        return value
+
+
+MODELS: dict[RecordKind, type[_Keyed]] = {
+    RecordKind.INSTALLATION: Installation,
+    RecordKind.NMI: NmiRecord,
+}
+
+
+def json_path(loc: tuple[int | str, ...]) -> str:
+    """`('acConnections', 0, 'details')` -> `acConnections[0].details`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(record)"
+
+
+def _suggestion(name: str, known: list[str]) -> str:
+    by_case = [k for k in known if k.lower() == name.lower()]
+    close = by_case or difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown(model: BaseModel, loc: tuple[int | str, ...]) -> Iterator[FieldIssue]:
+    known = list(type(model).model_fields)
+    for name in model.model_extra or {}:
+        path = json_path((*loc, name))
+        if name in SERVER_FIELDS:
+            yield FieldIssue(path, "is maintained by the register and cannot be submitted")
+        else:
+            yield FieldIssue(path, f"unknown field{_suggestion(name, known)}")
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _unknown(value, (*loc, name))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from _unknown(item, (*loc, name, i))
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return "required field is missing"
+    return message
+
+
+def validate_record(
+    obj: object,
+    kind: RecordKind,
+    *,
+    allow_unknown: bool = False,
+    enumerations: Enumerations | None = None,
+) -> _Keyed | list[FieldIssue]:
+    """Validate one decoded JSON value as a record of `kind`.
+
+    Unknown fields are refused (with a did-you-mean) unless `allow_unknown`, in which case
+    they are kept and sent as given.
+    """
+    if not isinstance(obj, dict):
+        return [FieldIssue("(record)", f"expected a JSON object, got {type(obj).__name__}")]
+    context = {"enumerations": enumerations or bundled_enumerations()}
+    try:
+        model = MODELS[kind].model_validate(obj, context=context)
+    except ValidationError as exc:
+        return [FieldIssue(json_path(e["loc"]), _describe(e)) for e in exc.errors()]
+    if not allow_unknown:
+        issues = list(_unknown(model, ()))
+        if issues:
+            return issues
+    return model
+
+
+def record_payload(model: BaseModel) -> dict[str, Any]:
+    """The JSON-ready dict of a record: exactly the fields that were given."""
+    return model.model_dump(mode="json", exclude_unset=True)

@@ -1,0 +1,155 @@
+"""Value objects that flow through the pipeline: where a record came from, and what became of it.
+
+Expected answers from the API are values here, not exceptions: every input record ends as
+exactly one `OutcomeRecord`, written to the file named after its `Outcome`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from pipeline.models import RecordKind
+
+
+class Outcome(StrEnum):
+    """The final class of a record; each has its own outcome file."""
+
+    ACCEPTED = "accepted"
+    CONDITIONAL = "conditional"
+    REJECTED = "rejected"
+    INVALID = "invalid"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    @property
+    def is_success(self) -> bool:
+        return self in {Outcome.ACCEPTED, Outcome.CONDITIONAL, Outcome.SKIPPED}
+
+
+class Action(StrEnum):
+    """What the operator asked for (`--action`), and what a request actually did."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    UPSERT = "upsert"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a record came from: a path (or `-`) and its 1-based line, or its array index."""
+
+    path: str
+    line: int | None = None
+    index: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path}
+        if self.line is not None:
+            out["line"] = self.line
+        if self.index is not None:
+            out["index"] = self.index
+        return out
+
+    def __str__(self) -> str:
+        if self.index is not None:
+            return f"{self.path}[{self.index}]"
+        return f"{self.path}:{self.line}" if self.line is not None else self.path
+
+
+@dataclass(frozen=True, slots=True)
+class SourceItem:
+    """One decoded JSON value from an input, or the reason it could not be decoded."""
+
+    source: SourceRef
+    value: object = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRecord:
+    """A record that passed pre-flight: ready to be sent, with the hash of its content.
+
+    `seq` is the record's ordinal in the run's input (stable across a resume), and
+    `exists` what the ledger knew of the NMI at the register before the run (None: unknown).
+    """
+
+    seq: int
+    kind: RecordKind
+    nmi: str
+    source: SourceRef
+    payload: dict[str, Any]
+    content_hash: str
+    exists: bool | None = None
+
+
+@dataclass(slots=True)
+class OutcomeRecord:
+    """What became of one input record; one JSON line in the outcome file of `outcome`."""
+
+    kind: RecordKind
+    nmi: str | None
+    source: SourceRef
+    outcome: Outcome
+    action: Action | None = None
+    http_status: int | None = None
+    transaction_id: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    exceptions: list[dict[str, Any]] = field(default_factory=list)
+    attempts: int = 0
+    reason: str | None = None
+    latency_ms: float | None = None
+    content_hash: str | None = None
+    run_id: str | None = None
+    # Re-submissions and skips point back at the run whose answer they rely on.
+    previous_run_id: str | None = None
+    previous_transaction_id: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "nmi": self.nmi,
+            "kind": self.kind.value,
+            "source": self.source.as_json(),
+            "outcome": self.outcome.value,
+            "action": self.action.value if self.action else None,
+            "http_status": self.http_status,
+            "transaction_id": self.transaction_id,
+            "errors": self.errors,
+            "exceptions": self.exceptions,
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "latency_ms": self.latency_ms,
+            "content_hash": self.content_hash,
+            "run_id": self.run_id,
+            "previous_run_id": self.previous_run_id,
+            "previous_transaction_id": self.previous_transaction_id,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> OutcomeRecord:
+        """The inverse of `as_json`, for outcome lines read back from the ledger."""
+        source = obj["source"]
+        return cls(
+            kind=RecordKind(obj["kind"]),
+            nmi=obj.get("nmi"),
+            source=SourceRef(source["path"], source.get("line"), source.get("index")),
+            outcome=Outcome(obj["outcome"]),
+            action=Action(obj["action"]) if obj.get("action") else None,
+            http_status=obj.get("http_status"),
+            transaction_id=obj.get("transaction_id"),
+            errors=obj.get("errors") or [],
+            exceptions=obj.get("exceptions") or [],
+            attempts=obj.get("attempts", 0),
+            reason=obj.get("reason"),
+            latency_ms=obj.get("latency_ms"),
+            content_hash=obj.get("content_hash"),
+            run_id=obj.get("run_id"),
+            previous_run_id=obj.get("previous_run_id"),
+            previous_transaction_id=obj.get("previous_transaction_id"),
+        )
+
+    def to_line(self) -> bytes:
+        return orjson.dumps(self.as_json()) + b"\n"

@@ -1,0 +1,92 @@
+"""What a person watching a run sees: a progress line on a terminal, and the closing table."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from pipeline.outcomes import Outcome, OutcomeRecord
+
+REFRESH_S = 0.25
+BAR_WIDTH = 24
+
+
+class Progress:
+    """Counts outcomes as they happen and redraws one status line on stderr."""
+
+    def __init__(self, *, total: int | None = None, stream: TextIO = sys.stderr) -> None:
+        self.total = total
+        self.counts: Counter[Outcome] = Counter()
+        self._stream = stream
+        self._started = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def on_outcome(self, outcome: OutcomeRecord) -> None:
+        self.counts[outcome.outcome] += 1
+
+    def line(self) -> str:
+        done = sum(self.counts.values())
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        rate = done / elapsed
+        parts = []
+        if self.total:
+            frac = min(done / self.total, 1.0)
+            filled = int(frac * BAR_WIDTH)
+            eta = (self.total - done) / rate if rate > 0 else float("inf")
+            parts.append(f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{self.total}")
+            parts.append(f"ETA {_clock(eta)}")
+        else:
+            parts.append(f"{done} records")
+        parts.append(f"{rate:.1f} rec/s")
+        parts.extend(f"{o.value} {self.counts[o]}" for o in Outcome if self.counts[o])
+        return " | ".join(parts)
+
+    async def _draw(self) -> None:
+        while True:
+            self._stream.write("\r\x1b[2K" + self.line())
+            self._stream.flush()
+            await asyncio.sleep(REFRESH_S)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._draw())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._stream.write("\r\x1b[2K" + self.line() + "\n")
+            self._stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "--:--"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def summary_table(summary: Mapping[str, Any]) -> str:
+    """The closing table printed after a run."""
+    rows = [("run", summary.get("run_id", "")), ("status", summary.get("status", ""))]
+    rows.append(("records", summary.get("records", 0)))
+    rows.extend((o.value, summary.get(o.value, 0)) for o in Outcome)
+    if summary.get("not_sent"):
+        rows.append(("not sent", summary["not_sent"]))
+    rows.append(("requests", summary.get("requests", 0)))
+    rows.append(("HTTP 429", summary.get("http_429", 0)))
+    rows.append(
+        (
+            "fullest window",
+            f"{summary.get('max_requests_in_window', 0)} (quota {summary.get('rate_limit', '')})",
+        )
+    )
+    rows.append(("elapsed", f"{summary.get('elapsed_s', 0)} s"))
+    if summary.get("abort_reason"):
+        rows.append(("stopped because", summary["abort_reason"]))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

@@ -1,0 +1,325 @@
+"""The only module that wires: settings -> endpoints, session, token, quota, ledger, sink, engine.
+
+A run is described by a `RunPlan` (which inputs, which kind, which records of which
+earlier run), stored in `run.json` and in the ledger, so `resume` can rebuild it exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from pydantic import SecretStr
+
+from pipeline.auth import TokenProvider
+from pipeline.client import ApiClient, TlsSettings, make_session
+from pipeline.codec import Compression
+from pipeline.config import Settings, is_loopback
+from pipeline.engine import Engine, Lineage, interruptible
+from pipeline.errors import ConfigError, RunAborted
+from pipeline.ledger import Ledger
+from pipeline.limiter import QuotaLimiter, parse_rate
+from pipeline.models import Enumerations, RecordKind
+from pipeline.outcomes import Action, Outcome, OutcomeRecord
+from pipeline.plan import RunPlan, plan_items
+from pipeline.preflight import Preflight
+from pipeline.retry import RetryPolicy
+from pipeline.routes import Routes
+from pipeline.sinks import OutcomeSink, rewrite, write_json_atomic
+from pipeline.workers import AlreadyExists, Submitter
+
+log = structlog.get_logger()
+
+LEDGER_FILE = "ledger.sqlite3"
+SIMULATOR_FILE = "simulator.sqlite3"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where to send, and as whom."""
+
+    token_url: str
+    routes: Routes
+    client_id: str
+    client_secret: SecretStr
+    participant_id: str
+    simulator: Any = None  # the embedded simulator, for its statistics
+
+
+@dataclass
+class RunResult:
+    """What the CLI reports and turns into an exit code."""
+
+    run_id: str
+    out_dir: Path
+    summary: dict[str, Any]
+    aborted: RunAborted | None = None
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.aborted is not None or self.interrupted:
+            return 3
+        bad = sum(
+            self.summary.get(o.value, 0)
+            for o in (Outcome.REJECTED, Outcome.INVALID, Outcome.FAILED)
+        )
+        return 1 if bad else 0
+
+
+@dataclass
+class Hooks:
+    """How a run talks to the person watching it (the CLI's progress bar)."""
+
+    on_start: Callable[[str, Path], None] = lambda run_id, out_dir: None
+    on_outcome: Callable[[OutcomeRecord], None] = lambda outcome: None
+    on_diff: Callable[[str, list[str]], None] = lambda nmi, lines: None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def default_concurrency(count: int, period_s: float) -> int:
+    """Workers enough for the quota at up to 1 s of latency.
+
+    Idle workers only wait on the quota, so this is a ceiling on requests in flight, not a
+    load: the quota paces them, and Little's law (in flight = rate x latency) sets how many
+    are busy at the latency the register actually shows.
+    """
+    return max(4, min(256, math.ceil(count / period_s)))
+
+
+@contextlib.asynccontextmanager
+async def endpoints(settings: Settings, kind: RecordKind) -> AsyncIterator[Endpoints]:
+    """The embedded simulator (the `local` default), or the configured AEMO endpoints."""
+    if settings.embedded_simulator and not settings.base_url:
+        from pipeline.simulator import Simulator, SimulatorSettings
+
+        secret = SecretStr(secrets.token_urlsafe(24))
+        count, period_s = parse_rate(settings.rate_limit)
+        client_id = settings.client_id or "local-client"
+        sim_settings = SimulatorSettings(
+            client_id=client_id,
+            client_secret=secret,
+            quota_count=count,
+            quota_period_s=period_s,
+            db_path=settings.state_dir / SIMULATOR_FILE,
+        )
+        async with Simulator(sim_settings) as sim:
+            yield Endpoints(
+                token_url=sim.token_url,
+                routes=Routes(sim.installation_url, sim.nmi_url),
+                client_id=client_id,
+                client_secret=secret,
+                participant_id=settings.participant_id or "LOCALNSP",
+                simulator=sim,
+            )
+        return
+    needed = {
+        "token_url": "--token-url / WEMDER_TOKEN_URL",
+        "client_id": "--client-id / WEMDER_CLIENT_ID",
+        "client_secret": "WEMDER_CLIENT_SECRET / --client-secret-file",
+        "participant_id": "--participant-id / WEMDER_PARTICIPANT_ID",
+        ("base_url" if kind is RecordKind.INSTALLATION else "nmi_base_url"): (
+            "--base-url / WEMDER_BASE_URL"
+            if kind is RecordKind.INSTALLATION
+            else "--nmi-base-url / WEMDER_NMI_BASE_URL"
+        ),
+    }
+    missing = [how for name, how in needed.items() if getattr(settings, name) is None]
+    if missing:
+        raise ConfigError(f"profile {settings.env!r} needs: {', '.join(missing)}")
+    assert settings.token_url and settings.client_id and settings.client_secret  # noqa: PT018
+    assert settings.participant_id  # checked just above; narrows for the type checker
+    yield Endpoints(
+        token_url=settings.token_url,
+        routes=Routes(settings.base_url or "", settings.nmi_base_url or ""),
+        client_id=settings.client_id,
+        client_secret=settings.client_secret,
+        participant_id=settings.participant_id,
+    )
+
+
+def _warn_insecure(settings: Settings, ep: Endpoints) -> None:
+    if not settings.insecure:
+        return
+    urls = [ep.token_url, ep.routes.installation_url, ep.routes.nmi_url]
+    remote = [u for u in urls if u and not is_loopback(u)]
+    if remote:
+        log.warning("tls.verification_disabled", hosts=remote, flag="--insecure")
+
+
+def _prepare(settings: Settings, plan: RunPlan, resume: bool) -> Path:
+    """Create the state and outcome directories (owner only) and, for a new run, `run.json`."""
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out_dir = Path(plan.out_dir)
+    if not resume:
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_json_atomic(
+            out_dir / "run.json", plan.as_json() | {"settings": settings.secret_free()}
+        )
+    return out_dir
+
+
+async def _open_run(
+    ledger: Ledger, settings: Settings, plan: RunPlan, out_dir: Path, resume: bool
+) -> tuple[frozenset[int], frozenset[int]]:
+    """(records already final, records whose write was on the wire when a run died)."""
+    if not resume:
+        await ledger.start_run(
+            run_id=plan.run_id,
+            kind=plan.kind.value,
+            out_dir=str(out_dir),
+            inputs=list(plan.inputs),
+            settings={"plan": plan.as_json(), "settings": settings.secret_free()},
+            parent_run_id=plan.parent_run_id,
+        )
+        return frozenset(), frozenset()
+    done = frozenset(await ledger.done_seqs(plan.run_id))
+    read_back = frozenset(await ledger.in_flight(plan.run_id))
+    # The files are rebuilt from the ledger, so a record whose line was written before the
+    # crash but whose outcome was not yet final in the ledger does not appear twice.
+    items = await ledger.run_items(plan.run_id)
+    rewrite(out_dir, [OutcomeRecord.from_json(orjson.loads(row.line)) for row in items])
+    return done, read_back
+
+
+def _submitter(
+    settings: Settings,
+    plan: RunPlan,
+    ep: Endpoints,
+    *,
+    session: aiohttp.ClientSession,
+    limiter: QuotaLimiter,
+    ledger: Ledger,
+    stop: asyncio.Event,
+) -> tuple[Submitter, TokenProvider]:
+    tokens = TokenProvider(
+        session=session,
+        token_url=ep.token_url,
+        client_id=ep.client_id,
+        client_secret=ep.client_secret,
+        refresh_margin_s=settings.token_refresh_margin_s,
+        timeout_s=settings.timeout_s,
+    )
+    client = ApiClient(
+        session=session,
+        tokens=tokens,
+        participant_id=ep.participant_id,
+        market=settings.market,
+        compression=Compression(settings.compression),
+        timeout_s=settings.timeout_s,
+    )
+    submitter = Submitter(
+        run_id=plan.run_id,
+        client=client,
+        tokens=tokens,
+        limiter=limiter,
+        ledger=ledger,
+        routes=ep.routes,
+        policy=RetryPolicy(
+            max_attempts=settings.max_attempts,
+            max_elapsed_s=settings.max_elapsed_s,
+            base_delay_s=settings.base_delay_s,
+            max_delay_s=settings.max_delay_s,
+        ),
+        requested=Action(settings.action),
+        already_exists=AlreadyExists.from_settings(
+            settings.already_exists_codes, settings.already_exists_pattern
+        ),
+        stop_after_forbidden=settings.stop_after_forbidden,
+        sleep=interruptible(stop, asyncio.sleep),
+    )
+    return submitter, tokens
+
+
+async def execute(
+    settings: Settings, plan: RunPlan, *, hooks: Hooks, resume: bool = False
+) -> RunResult:
+    """Run `plan` to the end (or until stopped) and write its summary."""
+    out_dir = _prepare(settings, plan, resume)
+    started_wall = datetime.now(UTC)
+    started = time.monotonic()
+    count, period_s = parse_rate(settings.rate_limit)
+    concurrency = settings.concurrency or default_concurrency(count, period_s)
+    limiter = QuotaLimiter(count=count, period_s=period_s, margin_s=settings.quota_margin_s)
+    tls = TlsSettings(
+        client_cert=settings.client_cert,
+        client_key=settings.client_key,
+        ca_file=settings.ca_file,
+        verify=not settings.insecure,
+    )
+    enumerations = (
+        Enumerations.from_file(settings.enumerations_file) if settings.enumerations_file else None
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        ledger = await stack.enter_async_context(Ledger(settings.state_dir / LEDGER_FILE))
+        done, read_back = await _open_run(ledger, settings, plan, out_dir, resume)
+        hooks.on_start(plan.run_id, out_dir)
+        ep = await stack.enter_async_context(endpoints(settings, plan.kind))
+        _warn_insecure(settings, ep)
+        session = await stack.enter_async_context(
+            make_session(tls=tls, concurrency=concurrency, timeout_s=settings.timeout_s)
+        )
+        submitter, tokens = _submitter(
+            settings, plan, ep, session=session, limiter=limiter, ledger=ledger, stop=hooks.stop
+        )
+        sink = stack.enter_context(OutcomeSink(out_dir, append=resume))
+        engine = Engine(
+            run_id=plan.run_id,
+            preflight=Preflight(plan.kind, settings.allow_unknown_fields, enumerations),
+            submitter=submitter,
+            ledger=ledger,
+            sink=sink,
+            concurrency=concurrency,
+            stop=hooks.stop,
+            on_outcome=hooks.on_outcome,
+            force=plan.force,
+            skip_seqs=done,
+            read_back_seqs=read_back,
+            lineage=Lineage(plan.parent_run_id) if plan.parent_run_id else None,
+        )
+        await engine.run(plan_items(plan, ledger, on_diff=hooks.on_diff))
+        await ledger.flush()
+        counts = await ledger.outcome_counts(plan.run_id)
+        interrupted = hooks.stop.is_set() and engine.abort is None
+        status = "aborted" if engine.abort else ("interrupted" if interrupted else "finished")
+        summary: dict[str, Any] = {
+            "run_id": plan.run_id,
+            "status": status,
+            "kind": plan.kind.value,
+            "records": sum(counts.values()) + engine.not_sent,
+            **{o.value: counts.get(o.value, 0) for o in Outcome},
+            "not_sent": engine.not_sent,
+            "requests": submitter.counters.requests,
+            "http_429": submitter.counters.http_429,
+            "requests_by_status": dict(submitter.counters.by_status),
+            "token_replays": submitter.counters.token_replays,
+            "token_refreshes": tokens.refreshes,
+            "reconciliations": submitter.counters.reconciliations,
+            "rate_limit": settings.rate_limit,
+            "concurrency": concurrency,
+            "max_requests_in_window": limiter.max_in_window,
+            "started_at": started_wall.isoformat(),
+            "elapsed_s": round(time.monotonic() - started, 3),
+        }
+        if engine.abort is not None:
+            summary["abort_reason"] = str(engine.abort)
+        if ep.simulator is not None:
+            summary["register"] = ep.simulator.stats()
+        sink.write_summary(summary)
+        await ledger.finish_run(plan.run_id, status=status, summary=summary)
+    return RunResult(plan.run_id, out_dir, summary, aborted=engine.abort, interrupted=interrupted)

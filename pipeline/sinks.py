@@ -1,0 +1,200 @@
+"""Outcome files, written as the run goes.
+
+One JSON line per record in `<outcome>.jsonl`, and for rejected and conditional records one
+row per error or exception in `problems.csv`, for operators who work in a spreadsheet.
+Each line goes to the OS in one `os.write` on an O_APPEND descriptor before `write` returns,
+so a process killed at any moment leaves every finished outcome on disk (the OS writes it
+out even if the process dies). The files hold NMIs and AEMO's answers, so the directory is
+the owner's alone (0o700, files 0o600). Payloads of records are never written here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+
+from pipeline.outcomes import Outcome, OutcomeRecord
+
+PROBLEMS_CSV = "problems.csv"
+SUMMARY_JSON = "summary.json"
+PROBLEM_COLUMNS = (
+    "nmi",
+    "outcome",
+    "code",
+    "title",
+    "detail",
+    "transaction_id",
+    "source_path",
+    "source_line",
+)
+_WITH_PROBLEMS = frozenset({Outcome.REJECTED, Outcome.CONDITIONAL})
+# A spreadsheet runs a cell that starts with one of these as a formula, and a detail string
+# comes from the far side of an API: OWASP's advice for CSV injection is to prefix such a
+# cell with a single quote, which the spreadsheet shows as text
+# (https://owasp.org/www-community/attacks/CSV_Injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def outcome_file(outcome: Outcome) -> str:
+    """The name of the file that holds the outcomes of class `outcome`."""
+    return f"{outcome.value}.jsonl"
+
+
+class OutcomeSink:
+    """The outcome files of one output directory, open for the length of a `with` block.
+
+    All six outcome files are created at the start, empty ones included, so an operator
+    sees at once that, say, nothing was rejected. With `append` (a resumed run) the files
+    are added to rather than emptied.
+    """
+
+    def __init__(self, out_dir: Path, *, append: bool = False) -> None:
+        self._dir = out_dir
+        self._append = append
+        self._fds: dict[Outcome, int] = {}
+        self._problems_fd = -1
+        self._counts: Counter[Outcome] = Counter()
+
+    def __enter__(self) -> Self:
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            for outcome in Outcome:
+                self._fds[outcome] = self._open(outcome_file(outcome))
+            self._problems_fd = self._open(PROBLEMS_CSV)
+            # The header goes in once, also when a resumed run adds to an existing file.
+            if os.fstat(self._problems_fd).st_size == 0:
+                _write_all(self._problems_fd, _csv_rows([PROBLEM_COLUMNS]))
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()
+
+    def write(self, outcome: OutcomeRecord) -> None:
+        """Put one outcome on disk (in the OS's hands) before returning."""
+        if not self._fds:
+            raise RuntimeError("OutcomeSink.write called outside its with-block")
+        _write_all(self._fds[outcome.outcome], outcome.to_line())
+        if outcome.outcome in _WITH_PROBLEMS:
+            _write_all(self._problems_fd, _csv_rows(_problem_rows(outcome)))
+        self._counts[outcome.outcome] += 1
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many outcomes of each class this sink wrote (zero ones included)."""
+        return {outcome.value: self._counts[outcome] for outcome in Outcome}
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        write_json_atomic(self._dir / SUMMARY_JSON, summary)
+
+    def _open(self, name: str) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        if not self._append:
+            flags |= os.O_TRUNC
+        return os.open(self._dir / name, flags, 0o600)
+
+    def _close(self) -> None:
+        for fd in [*self._fds.values(), self._problems_fd]:
+            if fd >= 0:
+                os.close(fd)
+        self._fds.clear()
+        self._problems_fd = -1
+
+
+def rewrite(out_dir: Path, outcomes: Iterable[OutcomeRecord]) -> dict[str, int]:
+    """Rebuild every outcome file and problems.csv from `outcomes` alone; return the counts.
+
+    Used when a run resumes, so the files match the ledger exactly. The new files are
+    written in a private directory beside the old ones and each then replaces its old
+    one atomically, so a reader never sees a half-written file.
+    """
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".rewrite-", dir=out_dir))  # mode 0o700
+    try:
+        with OutcomeSink(staging) as sink:
+            for outcome in outcomes:
+                sink.write(outcome)
+        for name in [*map(outcome_file, Outcome), PROBLEMS_CSV]:
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sink.counts
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Write `obj` as indented JSON to `path` (mode 0o600): all of it or, on a crash, none."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        try:
+            _write_all(
+                fd, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+            )
+            os.fsync(fd)  # the bytes are on disk before the name points at them
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # One write() for a line on an O_APPEND descriptor lands in one piece; the loop only
+    # matters if the OS takes part of it (a full disk), and then the rest follows.
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _problem_rows(outcome: OutcomeRecord) -> list[tuple[str, ...]]:
+    """One row per error and exception; one row from `reason` when AEMO gave none."""
+    source = outcome.source
+    common = (outcome.transaction_id, source.path, source.line)
+    # AEMO's errors carry {code, title, detail}; its exceptions (NEM shape) carry
+    # {code, name, details} (API-NOTES.md, "Error envelope" and "Second-level validation").
+    problems = [
+        (
+            item.get("code"),
+            item.get("title", item.get("name")),
+            item.get("detail", item.get("details")),
+        )
+        for item in [*outcome.errors, *outcome.exceptions]
+    ] or [(None, None, outcome.reason)]
+    return [
+        tuple(
+            _cell(value)
+            for value in (outcome.nmi, outcome.outcome.value, code, title, detail, *common)
+        )
+        for code, title, detail in problems
+    ]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def _csv_rows(rows: Iterable[Iterable[str]]) -> bytes:
+    # Rows are built in memory so that a record's rows reach the file in one write.
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue().encode("utf-8")

@@ -1,0 +1,401 @@
+"""One record, from pre-flighted payload to final outcome: action, retries, replays, reconciliation.
+
+Every HTTP attempt takes the quota once (retries, token replays and read-backs included),
+and every write is in the ledger before it leaves. Expected answers become outcomes;
+only a misconfigured client (`Misconfigured`) or refused credentials raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pipeline.auth import TokenProvider
+from pipeline.client import ApiClient
+from pipeline.codec import ApiAnswer, BodyTooLarge, EncodedBody
+from pipeline.errors import Misconfigured
+from pipeline.ledger import Ledger
+from pipeline.limiter import QuotaLimiter
+from pipeline.models import RecordKind
+from pipeline.outcomes import Action, Outcome, OutcomeRecord, PreparedRecord
+from pipeline.reconcile import is_conditional, register_holds
+from pipeline.retry import (
+    RETRYABLE_EXCEPTIONS,
+    Budget,
+    RetryPolicy,
+    Verdict,
+    classify,
+    parse_retry_after,
+)
+from pipeline.routes import Routes, request_body
+
+
+@dataclass
+class Counters:
+    """Request accounting of one run, for the summary."""
+
+    requests: int = 0
+    http_429: int = 0
+    token_replays: int = 0
+    reconciliations: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+
+    def saw(self, status: int | None) -> None:
+        self.by_status[str(status) if status is not None else "no answer"] += 1
+
+
+@dataclass(frozen=True)
+class AlreadyExists:
+    """Whether a refused create means "this NMI already has a record" (configuration, not fact)."""
+
+    codes: frozenset[str]
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def from_settings(cls, codes: Sequence[str], pattern: str) -> AlreadyExists:
+        return cls(frozenset(codes), re.compile(pattern))
+
+    def __call__(self, answer: ApiAnswer) -> bool:
+        if answer.status not in {400, 409, 422}:
+            return False
+        for error in answer.errors:
+            if str(error.get("code")) in self.codes:
+                return True
+            text = f"{error.get('title', '')} {error.get('detail', '')}"
+            if self.pattern.search(text):
+                return True
+        return False
+
+
+class _Unknown:
+    """A read-back that could not tell whether the record landed."""
+
+
+UNKNOWN = _Unknown()
+
+
+class Submitter:
+    """Submits one record at a time per call; shared by all workers of a run."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        client: ApiClient,
+        tokens: TokenProvider,
+        limiter: QuotaLimiter,
+        ledger: Ledger,
+        routes: Routes,
+        policy: RetryPolicy,
+        requested: Action,
+        already_exists: AlreadyExists,
+        stop_after_forbidden: int = 3,
+        counters: Counters | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._run_id = run_id
+        self._client = client
+        self._tokens = tokens
+        self._limiter = limiter
+        self._ledger = ledger
+        self._routes = routes
+        self._policy = policy
+        self._requested = requested
+        self._already_exists = already_exists
+        self._stop_after_forbidden = stop_after_forbidden
+        self.counters = counters or Counters()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._sleep = sleep
+        self._clock = clock
+        # What this run has learnt about which NMIs exist at the register.
+        self._exists: dict[tuple[RecordKind, str], bool] = {}
+        self._forbidden_streak = 0
+
+    def _first_action(self, rec: PreparedRecord) -> Action:
+        if self._requested is not Action.UPSERT:
+            return self._requested
+        known = self._exists.get((rec.kind, rec.nmi), rec.exists)
+        return Action.UPDATE if known else Action.CREATE
+
+    def _learn(self, rec: PreparedRecord, exists: bool) -> None:
+        self._exists[(rec.kind, rec.nmi)] = exists
+        self._ledger.set_exists(rec.kind.value, rec.nmi, exists)
+
+    async def _request(
+        self, method: str, url: str, body: EncodedBody | None
+    ) -> tuple[ApiAnswer, str]:
+        """One attempt: token, then quota, then the wire, so that the grant is the send time."""
+        token = await self._tokens.token()
+        await self._limiter.acquire()
+        self.counters.requests += 1
+        try:
+            answer = await self._client.send(method, url, body, token=token)
+        except RETRYABLE_EXCEPTIONS:
+            self.counters.saw(None)
+            raise
+        self.counters.saw(answer.status)
+        if answer.status == 429:
+            self.counters.http_429 += 1
+        return answer, token
+
+    def _throttled(self, answer: ApiAnswer) -> float | None:
+        """A 429 pauses every worker, not only this one, and lowers the rate."""
+        retry_after = parse_retry_after(
+            answer.retry_after, now=datetime.now(UTC), cap_s=self._policy.retry_after_cap_s
+        )
+        self._limiter.throttled()
+        self._limiter.pause_for(
+            retry_after if retry_after is not None else self._policy.base_delay_s
+        )
+        return retry_after
+
+    async def _read_back(self, rec: PreparedRecord) -> ApiAnswer | _Unknown | None:
+        """The stored record if it holds what was sent; None if absent or different."""
+        self.counters.reconciliations += 1
+        try:
+            answer, token = await self._request("GET", self._routes.item(rec.kind, rec.nmi), None)
+        except RETRYABLE_EXCEPTIONS:
+            return UNKNOWN
+        if answer.status == 200:
+            self._learn(rec, exists=True)
+            return answer if register_holds(answer.data, rec.payload) else None
+        if answer.status == 404:
+            self._learn(rec, exists=False)
+            return None
+        if answer.status == 401:
+            self._tokens.invalidate(token)
+        elif answer.status == 429:
+            self._throttled(answer)
+        return UNKNOWN
+
+    def _outcome(
+        self,
+        rec: PreparedRecord,
+        outcome: Outcome,
+        *,
+        action: Action | None,
+        attempts: int,
+        started: float,
+        answer: ApiAnswer | None = None,
+        reason: str | None = None,
+    ) -> OutcomeRecord:
+        return OutcomeRecord(
+            kind=rec.kind,
+            nmi=rec.nmi,
+            source=rec.source,
+            outcome=outcome,
+            action=action,
+            http_status=answer.status if answer else None,
+            transaction_id=_transaction_id(answer),
+            errors=list(answer.errors) if answer else [],
+            exceptions=list(answer.exceptions) if answer else [],
+            attempts=attempts,
+            reason=reason,
+            latency_ms=round((self._clock() - started) * 1000, 1),
+            content_hash=rec.content_hash,
+            run_id=self._run_id,
+        )
+
+    def _success(
+        self,
+        rec: PreparedRecord,
+        answer: ApiAnswer,
+        action: Action,
+        *,
+        attempts: int,
+        started: float,
+        reason: str | None = None,
+    ) -> OutcomeRecord:
+        self._forbidden_streak = 0
+        self._learn(rec, exists=True)
+        conditional = bool(answer.exceptions) or is_conditional(answer.data)
+        outcome = Outcome.CONDITIONAL if conditional else Outcome.ACCEPTED
+        return self._outcome(
+            rec,
+            outcome,
+            action=action,
+            attempts=attempts,
+            started=started,
+            answer=answer,
+            reason=reason,
+        )
+
+    async def submit(self, rec: PreparedRecord, *, read_back_first: bool = False) -> OutcomeRecord:
+        """Send one record until it has a final outcome, within its retry budget.
+
+        `read_back_first`: a write of this record was on the wire when an earlier process
+        died; read the register before sending, and send only if it lacks this content.
+        """
+        started = self._clock()
+        try:
+            body = self._client.encode(request_body(rec.kind, rec.payload))
+        except BodyTooLarge as exc:
+            return self._outcome(
+                rec, Outcome.INVALID, action=None, attempts=0, started=started, reason=str(exc)
+            )
+        action = self._first_action(rec)
+        budget = Budget(self._policy, clock=self._clock)
+        attempts = 0
+        # A write went out and no answer came back: it may have landed.
+        in_doubt = read_back_first
+        replayed = False
+        last: ApiAnswer | None = None
+        reason: str | None = None
+        while True:
+            retry_after: float | None = None
+            if in_doubt:
+                attempts += 1
+                found = await self._read_back(rec)
+                if isinstance(found, ApiAnswer):
+                    return self._success(
+                        rec,
+                        found,
+                        action,
+                        attempts=attempts,
+                        started=started,
+                        reason="the write landed without an answer; confirmed by reading it back",
+                    )
+                if found is None:
+                    in_doubt = False
+                    if self._exists.get((rec.kind, rec.nmi)) and self._requested is Action.UPSERT:
+                        action = Action.UPDATE
+                    continue
+            else:
+                method, url = self._routes.write(rec.kind, action, rec.nmi)
+                attempt_id = await self._ledger.begin_attempt(
+                    run_id=self._run_id,
+                    seq=rec.seq,
+                    kind=rec.kind.value,
+                    nmi=rec.nmi,
+                    action=action.value,
+                    content_hash=rec.content_hash,
+                )
+                attempts += 1
+                try:
+                    answer, token = await self._request(method, url, body)
+                except RETRYABLE_EXCEPTIONS as exc:
+                    self._ledger.finish_attempt(attempt_id, http_status=None, transaction_id=None)
+                    # A lost update is safe to send again (PUT of the whole record); a lost
+                    # create may have been stored and must be read back first.
+                    in_doubt = action is Action.CREATE
+                    reason = f"no answer: {type(exc).__name__} {exc}".strip()
+                else:
+                    self._ledger.finish_attempt(
+                        attempt_id,
+                        http_status=answer.status,
+                        transaction_id=_transaction_id(answer),
+                    )
+                    last = answer
+                    step = self._after(rec, answer, action, replayed, token)
+                    if step is None:
+                        return self._success(
+                            rec, answer, action, attempts=attempts, started=started
+                        )
+                    if isinstance(step, _Final):
+                        return self._outcome(
+                            rec,
+                            step.outcome,
+                            action=action,
+                            attempts=attempts,
+                            started=started,
+                            answer=answer,
+                            reason=step.reason,
+                        )
+                    if isinstance(step, _Switch):
+                        action, replayed = step.action, step.replayed
+                        continue
+                    retry_after = step.retry_after
+                    reason = step.reason
+            delay = budget.next_delay(self._rng, retry_after)
+            if delay is None:
+                return self._outcome(
+                    rec,
+                    Outcome.FAILED,
+                    action=action,
+                    attempts=attempts,
+                    started=started,
+                    answer=last,
+                    reason=f"retry budget spent; last: {reason}",
+                )
+            await self._sleep(delay)
+
+    def _after(
+        self, rec: PreparedRecord, answer: ApiAnswer, action: Action, replayed: bool, token: str
+    ) -> _Final | _Switch | _Retry | None:
+        """What one answer means for the record; None is success."""
+        status = answer.status
+        if status == 404:
+            if action is Action.UPDATE and self._requested is Action.UPSERT:
+                self._learn(rec, exists=False)
+                return _Switch(Action.CREATE, replayed)
+            if action is Action.CREATE:
+                raise Misconfigured(
+                    f"404 on a create ({self._routes.collection(rec.kind)}): the base URL is"
+                    " wrong; check --base-url / --nmi-base-url"
+                )
+            return _Final(Outcome.REJECTED, "the register has no record for this NMI")
+        verdict = classify(status)
+        if verdict is Verdict.DONE:
+            return None
+        if verdict is Verdict.REFRESH_TOKEN:
+            if replayed:
+                return _Final(Outcome.FAILED, "401 again after a token refresh")
+            self.counters.token_replays += 1
+            self._tokens.invalidate(token)
+            return _Switch(action, replayed=True)
+        if verdict is Verdict.RETRY:
+            retry_after = self._throttled(answer) if status == 429 else None
+            return _Retry(retry_after, f"HTTP {status}")
+        if verdict is Verdict.STOP_RUN:
+            raise Misconfigured(
+                f"HTTP {status} {_title(answer)} from the {rec.kind.value} API: the client is"
+                " misconfigured (URL, method, Content-Length or Content-Type); stopping the run"
+            )
+        if action is Action.CREATE and self._already_exists(answer):
+            self._learn(rec, exists=True)
+            if self._requested is Action.UPSERT:
+                return _Switch(Action.UPDATE, replayed)
+        if status == 403:
+            self._forbidden_streak += 1
+            if self._forbidden_streak >= self._stop_after_forbidden:
+                raise Misconfigured(
+                    f"403 Forbidden on {self._forbidden_streak} records in a row: the participant"
+                    " ID or certificate is not entitled to this API; stopping the run"
+                )
+        return _Final(Outcome.REJECTED, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Final:
+    outcome: Outcome
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Switch:
+    action: Action
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    retry_after: float | None
+    reason: str
+
+
+def _transaction_id(answer: ApiAnswer | None) -> str | None:
+    if answer is None:
+        return None
+    return answer.transaction_id or answer.headers_transaction_id
+
+
+def _title(answer: ApiAnswer) -> str:
+    return str(answer.errors[0].get("title", "")) if answer.errors else ""
