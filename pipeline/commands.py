@@ -195,7 +195,7 @@ async def _validate(preflight: Preflight, paths: list[str]) -> dict[str, int]:
         if isinstance(checked, OutcomeRecord):
             counts["invalid"] += 1
             for error in checked.errors:
-                print(f"{checked.source}  nmi={checked.nmi}  {error['title']}: {error['detail']}")
+                print(f"{checked.source}  nmi={checked.nmi}  {error['path']}: {error['detail']}")
         else:
             counts["valid"] += 1
     return counts

@@ -140,6 +140,9 @@ class Engine:
             checked = self._preflight.check(seq, item)
             if isinstance(checked, OutcomeRecord):
                 self._finish(seq, checked)
+                # A file of invalid records sends nothing, so no begin_attempt paces the
+                # ledger's queue: wait for it here when it runs ahead of the disk.
+                await self._ledger.drain()
                 continue
             chunk.append(checked)
             if len(chunk) >= LOOKUP_CHUNK:
@@ -167,6 +170,7 @@ class Engine:
                 and state.last_success_hash == rec.content_hash
             ):
                 self._finish(rec.seq, _skipped(rec, state.last_success_run, state.last_success_txn))
+                await self._ledger.drain()
                 continue
             ready = replace(rec, exists=state.exists if state else None)
             await self._slots.acquire()

@@ -52,7 +52,10 @@ def nmi_of(value: object) -> str | None:
 
 def invalid(kind: RecordKind, item: SourceItem, issues: list[FieldIssue]) -> OutcomeRecord:
     """An `invalid` outcome; each issue becomes an error with the field's path."""
-    errors = [{"code": "local", "title": issue.path, "detail": issue.message} for issue in issues]
+    errors = [
+        {"code": "local", "title": "Local validation", "path": issue.path, "detail": issue.message}
+        for issue in issues
+    ]
     reason = "; ".join(f"{issue.path}: {issue.message}" for issue in issues)
     return OutcomeRecord(
         kind=kind,
