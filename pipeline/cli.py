@@ -91,17 +91,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default=None)
     p.add_argument("--config-dir", type=Path)
 
-    p = sub.add_parser("resume", help="continue a stopped run into its outcome directory")
+    reuse = (
+        "Settings (endpoints, client id, participant, quota, state directory...) are those "
+        "recorded for RUN in its run.json; flags given here override them. The client "
+        "secret is never recorded: give it again (WEMDER_CLIENT_SECRET or "
+        "--client-secret-file). RUN_ID is looked up in the ledger of --state-dir "
+        "(default .wem-der); a DIR needs no --state-dir."
+    )
+    p = sub.add_parser(
+        "resume",
+        help="continue a stopped or killed run into its outcome directory",
+        description="Continue a stopped or killed run into the same outcome directory. "
+        "Records with a final outcome are not sent again; records whose request was on the "
+        "wire when the run died are first read back from the register and sent only if it "
+        "lacks them. " + reuse,
+    )
     p.add_argument("run", metavar="RUN_ID|DIR")
     _settings_flags(p)
     _output_flags(p)
 
-    p = sub.add_parser("resubmit", help="send chosen records of an earlier run again")
+    p = sub.add_parser(
+        "resubmit",
+        help="send chosen records of an earlier run again",
+        description="Send again the records of RUN whose outcome is one of --only, as a new "
+        "run linked to RUN (always sent, even if unchanged). With --with, only those of "
+        "them that FILE has a corrected version of (matched by NMI) are sent, that version, "
+        "and a field-level diff of each is printed. " + reuse,
+    )
     p.add_argument("run", metavar="RUN_ID|DIR")
     p.add_argument(
         "--only", default="failed,rejected", help="outcomes to send again (default failed,rejected)"
     )
-    p.add_argument("--with", dest="corrected", type=Path, help="corrected records, matched by NMI")
+    p.add_argument(
+        "--with",
+        dest="corrected",
+        type=Path,
+        metavar="FILE",
+        help="corrected records, matched by NMI; only the chosen records found here are sent",
+    )
     p.add_argument("--out", type=Path, help="outcome directory (default: beside the original)")
     _settings_flags(p)
     _output_flags(p)
@@ -110,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_ID|DIR", nargs="?")
     p.add_argument("--nmi", help="history of this NMI across runs")
     p.add_argument("--kind", choices=["installation", "nmi"], default="installation")
-    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--state-dir", type=Path, help="the ledger's directory (default .wem-der)")
     p.add_argument("--env", default=None)
     p.add_argument("--config-dir", type=Path)
 
@@ -169,6 +197,11 @@ def _install_stop(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal)
 
 
+def _first_leaf(group: ExceptionGroup[WemDerError]) -> WemDerError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, ExceptionGroup) else first
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -200,6 +233,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WemDerError as exc:
         print(f"wem-der: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ExceptionGroup as group:
+        # Raised inside a run's TaskGroup, a deliberate error arrives wrapped; anything
+        # else in the group is a bug and keeps its traceback.
+        matched, rest = group.split(WemDerError)
+        if matched is None or rest is not None:
+            raise
+        first = _first_leaf(matched)
+        print(f"wem-der: {first}", file=sys.stderr)
+        return first.exit_code
     except KeyboardInterrupt:
         print("wem-der: interrupted", file=sys.stderr)
         return 3

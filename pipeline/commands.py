@@ -10,15 +10,15 @@ from typing import Any
 
 import orjson
 
-from pipeline.config import Settings, load_settings, read_secret_file
+from pipeline.config import SECRET_FIELDS, Settings, load_settings, read_secret_file
 from pipeline.errors import ConfigError
 from pipeline.ledger import Ledger
 from pipeline.limiter import parse_rate
 from pipeline.models import Enumerations, RecordKind
 from pipeline.outcomes import Outcome, OutcomeRecord
-from pipeline.plan import RunPlan, absolute, numbered
+from pipeline.plan import RunPlan, absolute, check_unchanged, fingerprint, numbered
 from pipeline.preflight import Preflight
-from pipeline.progress import Progress, summary_table
+from pipeline.progress import Progress, estimate_records, summary_table
 from pipeline.run import LEDGER_FILE, Hooks, RunResult, execute, new_run_id
 from pipeline.sources import check_paths
 
@@ -42,10 +42,28 @@ _SETTING_FLAGS = (
     "insecure",
     "allow_unknown_fields",
 )
+# Settings a run records and `resume` / `resubmit` reuse: all but the profile's name (given
+# separately) and the secret (never recorded).
+_REUSED = frozenset(Settings.model_fields) - {"env", *SECRET_FIELDS}
+_PATH_SETTINGS = ("state_dir", "client_cert", "client_key", "ca_file", "enumerations_file")
 
 
-def settings_from(args: argparse.Namespace, env: str | None = None) -> Settings:
-    overrides: dict[str, Any] = {name: getattr(args, name, None) for name in _SETTING_FLAGS}
+def settings_from(
+    args: argparse.Namespace, env: str | None = None, stored: dict[str, Any] | None = None
+) -> Settings:
+    """Settings from the profile, the environment and the flags.
+
+    `stored`: the secret-free settings an earlier run recorded (its `run.json`); they take
+    the place of the profile and the environment, and flags given now still override them.
+    The client secret is never stored, so it comes from the environment or a flag as ever.
+    """
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in (stored or {}).items()
+        if name in _REUSED and value is not None
+    }
+    flags = {name: getattr(args, name, None) for name in _SETTING_FLAGS}
+    overrides.update({name: value for name, value in flags.items() if value is not None})
     secret = getattr(args, "client_secret", None)
     secret_file = getattr(args, "client_secret_file", None)
     if secret_file is not None:
@@ -56,10 +74,15 @@ def settings_from(args: argparse.Namespace, env: str | None = None) -> Settings:
             parse_rate(overrides["rate_limit"])
         except ValueError as exc:
             raise ConfigError(f"--rate-limit: {exc}") from None
-    return load_settings(
+    settings = load_settings(
         getattr(args, "env", None) or env or "local",
         overrides=overrides,
         config_dir=getattr(args, "config_dir", None),
+    )
+    # Absolute, so that `resume` finds the ledger and the certificates from any directory.
+    paths = {name: getattr(settings, name) for name in _PATH_SETTINGS}
+    return settings.model_copy(
+        update={name: path.absolute() for name, path in paths.items() if path is not None}
     )
 
 
@@ -69,10 +92,15 @@ def make_hooks(show_progress: bool) -> Hooks:
         progress = Progress()
         hooks.on_outcome = progress.on_outcome
         hooks.progress = progress  # type: ignore[attr-defined]
-    hooks.on_start = lambda run_id, out_dir: print(
-        f"run {run_id}: outcomes in {out_dir}", file=sys.stderr, flush=True
-    )
+
+    def on_start(run_id: str, out_dir: Path) -> None:
+        print(f"run {run_id}: outcomes in {out_dir}", file=sys.stderr, flush=True)
+        if show_progress:
+            progress.start()
+
+    hooks.on_start = on_start
     hooks.on_diff = _print_diff
+    hooks.on_note = lambda text: print(f"note: {text}", file=sys.stderr, flush=True)
     return hooks
 
 
@@ -93,24 +121,57 @@ def _finish(result: RunResult) -> int:
 def _run_file(ref: str) -> dict[str, Any] | None:
     """The `run.json` of an outcome directory, when `ref` names one."""
     path = Path(ref) / "run.json"
-    return dict(orjson.loads(path.read_bytes())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        found = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read as a run description: {exc}") from None
+    if not isinstance(found, dict) or "run_id" not in found:
+        raise ConfigError(f"{path} is not the run.json of a wem-der run")
+    return dict(found)
 
 
-async def _find_run(settings: Settings, ref: str) -> dict[str, Any]:
-    """A run's `run.json` plan, from its id (via the ledger) or its outcome directory."""
-    from_dir = _run_file(ref)
-    if from_dir is not None:
-        return from_dir
-    async with Ledger(settings.state_dir / LEDGER_FILE) as ledger:
+def _ledger_path(args: argparse.Namespace, found: dict[str, Any] | None) -> Path:
+    """The ledger of a run: --state-dir if given, else where the run recorded it, else the
+    profile's; an error rather than a new empty ledger when there is none."""
+    flag = getattr(args, "state_dir", None)
+    recorded = (found or {}).get("settings", {}).get("state_dir")
+    if flag is not None:
+        state_dir = Path(flag)
+    elif recorded:
+        state_dir = Path(recorded)
+    else:
+        state_dir = settings_from(args).state_dir
+    path = state_dir / LEDGER_FILE
+    # A run killed before it made its ledger sent nothing: `resume DIR` may start it.
+    if not path.is_file() and not (found and getattr(args, "command", None) == "resume"):
+        raise ConfigError(
+            f"no ledger at {path}: pass --state-dir as given to the run, or its outcome directory"
+        )
+    return path
+
+
+async def _find_run(args: argparse.Namespace, ref: str) -> tuple[dict[str, Any], Path]:
+    """A run's `run.json` (plan and settings), from its outcome directory or its id, and
+    the path of its ledger."""
+    found = _run_file(ref)
+    if found is None and (Path(ref).is_dir() or "/" in ref):
+        raise ConfigError(
+            f"{ref} holds no run.json, so it is not the outcome directory of a run (a run"
+            " killed before it wrote run.json sent nothing: submit again)"
+        )
+    path = _ledger_path(args, found)
+    if found is not None:
+        return found, path
+    async with Ledger(path) as ledger:
         row = await ledger.get_run(ref)
     if row is None:
-        raise ConfigError(
-            f"no run {ref!r} in {settings.state_dir / LEDGER_FILE}, and no {ref}/run.json"
-        )
+        raise ConfigError(f"no run {ref!r} in {path}, and no directory {ref}/run.json")
     plan = row.settings.get("plan")
     if not isinstance(plan, dict):
         raise ConfigError(f"run {ref!r} has no stored plan")
-    return plan
+    return {**plan, "settings": row.settings.get("settings") or {}}, path
 
 
 def _submit_plan(args: argparse.Namespace) -> RunPlan:
@@ -120,6 +181,7 @@ def _submit_plan(args: argparse.Namespace) -> RunPlan:
         inputs=absolute(args.paths),
         out_dir=str(args.out.resolve()),
         force=args.force,
+        fingerprints=fingerprint(absolute(args.paths)),
     )
 
 
@@ -141,27 +203,40 @@ def _resubmit_plan(args: argparse.Namespace, parent: RunPlan) -> RunPlan:
         parent_run_id=parent.run_id,
         only=only,
         corrected=str(args.corrected.resolve()) if args.corrected else None,
+        fingerprints=parent.fingerprints,
     )
 
 
 async def run_command(args: argparse.Namespace, hooks: Hooks) -> int:
-    """submit, resume and resubmit."""
+    """submit, resume and resubmit.
+
+    `resume` and `resubmit` reuse the settings recorded for the run they name (its
+    `run.json`, which holds no secret): the same endpoints, client id, participant, quota
+    and state directory. Flags given to them override those; the client secret comes from
+    WEMDER_CLIENT_SECRET or --client-secret-file, as for `submit`.
+    """
     progress: Progress | None = getattr(hooks, "progress", None)
     if args.command == "submit":
         check_paths(args.paths)
         settings = settings_from(args)
         plan, resume = _submit_plan(args), False
     else:
-        found = await _find_run(settings_from(args), args.run)
-        settings = settings_from(args, env=found.get("settings", {}).get("env"))
+        found, ledger_path = await _find_run(args, args.run)
+        stored = dict(found.get("settings") or {})
+        # The ledger that holds the run, even if the run was found by its directory.
+        stored["state_dir"] = str(ledger_path.parent)
+        settings = settings_from(args, env=stored.get("env"), stored=stored)
         parent = RunPlan.from_json(found)
+        check_paths([p for p in parent.inputs if p != "-"])
+        check_unchanged(parent)
         if args.command == "resume":
             plan, resume = parent, True
-            check_paths([p for p in plan.inputs if p != "-"])
         else:
+            if args.corrected is not None:
+                check_paths([str(args.corrected)])
             plan, resume = _resubmit_plan(args, parent), False
-    if progress is not None:
-        progress.start()
+    if progress is not None and args.command == "submit":
+        progress.total = await asyncio.to_thread(estimate_records, plan.inputs)
     try:
         result = await execute(settings, plan, hooks=hooks, resume=resume)
     finally:
@@ -218,14 +293,20 @@ def dry_run(args: argparse.Namespace) -> int:
 
 
 async def report(args: argparse.Namespace) -> int:
+    """A run's report, one NMI's history, or both."""
     from pipeline.report import render
 
-    settings = settings_from(args)
     if args.run is None and args.nmi is None:
         raise ConfigError("report needs a RUN_ID (or DIR), or --nmi")
     run_id = None
     if args.run is not None:
-        run_id = (await _find_run(settings, args.run))["run_id"]
-    async with Ledger(settings.state_dir / LEDGER_FILE) as ledger:
-        print(await render(ledger, run_id=run_id, nmi=args.nmi, kind=RecordKind(args.kind)))
+        found, path = await _find_run(args, args.run)
+        run_id = str(found["run_id"])
+    else:
+        path = _ledger_path(args, None)
+    async with Ledger(path) as ledger:
+        text = await render(
+            ledger, run_id=run_id, nmi=args.nmi, kind=RecordKind(args.kind), fmt=args.format
+        )
+    print(text)
     return 0

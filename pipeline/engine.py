@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from pipeline.errors import RunAborted
 from pipeline.ledger import Ledger
 from pipeline.models import RecordKind
-from pipeline.outcomes import Outcome, OutcomeRecord, PreparedRecord, SourceItem
+from pipeline.outcomes import Action, Outcome, OutcomeRecord, PreparedRecord, SourceItem
 from pipeline.preflight import Preflight, nmi_of
 from pipeline.sinks import OutcomeSink
 from pipeline.workers import Submitter
@@ -76,7 +76,7 @@ class Engine:
         on_outcome: Callable[[OutcomeRecord], None],
         force: bool = False,
         skip_seqs: frozenset[int] = frozenset(),
-        read_back_seqs: frozenset[int] = frozenset(),
+        read_back_seqs: Mapping[int, Action] | None = None,
         lineage: Lineage | None = None,
     ) -> None:
         self._run_id = run_id
@@ -89,7 +89,8 @@ class Engine:
         self._on_outcome = on_outcome
         self._force = force
         self._skip_seqs = skip_seqs
-        self._read_back_seqs = read_back_seqs
+        # seq -> the action of the write a dead process had on the wire for it.
+        self._read_back_seqs = read_back_seqs or {}
         self._lineage = lineage
         self.abort: RunAborted | None = None
         self.not_sent = 0
@@ -199,7 +200,9 @@ class Engine:
             return
         try:
             outcome = await self._submitter.submit(
-                rec, read_back_first=rec.seq in self._read_back_seqs
+                rec,
+                read_back_first=rec.seq in self._read_back_seqs,
+                sent_action=self._read_back_seqs.get(rec.seq),
             )
         except Interrupted:
             self._not_sent(rec.seq, _pending(rec))

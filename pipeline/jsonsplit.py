@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_QUOTE, _COMMA, _OPEN = ord('"'), ord(","), ord("[")
+_QUOTE, _COMMA, _OPEN, _CLOSE = ord('"'), ord(","), ord("["), ord("]")
 _OPENERS = frozenset(b"[{")
 
 _STRING = rb'"(?:[^"\\]++|\\.)*+"'
@@ -162,12 +162,13 @@ class ArraySplitter:
                     self._start = pos + 1
                 elif byte in _OPENERS:
                     self._depth += 1
-                else:
-                    # A mismatched closer ("}" for "[") is counted all the same: the element
-                    # it sits in fails to decode, and orjson says where.
+                elif byte == _CLOSE or self._depth > 1:
+                    # Inside an element a mismatched closer ("]" for "{") counts all the same:
+                    # the element fails to decode, and orjson says where.
                     self._depth -= 1
                     if self._depth == 0:
                         self._finish(pos, out, closing=True)
+                # A "}" at depth 1 closes nothing: it stays in the element, for orjson to refuse.
                 pos += 1
         self._pos = pos
 

@@ -352,6 +352,21 @@ class Ledger:
         rows = await self._call(lambda conn: conn.execute(sql.OUTCOME_COUNTS, (run_id,)).fetchall())
         return dict(rows)
 
+    async def attempt_starts(self, run_id: str) -> list[float]:
+        """When each HTTP write attempt of the run began (wall clock, ascending).
+
+        Read-backs (GETs) have no attempt row, and the time is taken before the attempt
+        waits for the quota: this shows the shape of a run, not an exact quota account.
+        """
+        return await self._call(
+            lambda conn: [at for (at,) in conn.execute(sql.ATTEMPT_STARTS, (run_id,))]
+        )
+
+    async def child_runs(self, run_id: str) -> list[RunRow]:
+        """The runs that re-submitted records of `run_id`, oldest first."""
+        rows = await self._call(lambda conn: conn.execute(sql.CHILD_RUNS, (run_id,)).fetchall())
+        return [run_row(row) for row in rows]
+
     # -- the queue and the thread ------------------------------------------------------
 
     def _check_usable(self) -> None:

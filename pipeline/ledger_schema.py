@@ -132,6 +132,11 @@ HISTORY = """SELECT run_id, seq, started_at, 0, attempt_id, action, http_status,
     UNION ALL SELECT run_id, seq, recorded_at, 1, 0, NULL, NULL, NULL, NULL, line
     FROM items WHERE kind = ? AND nmi = ? ORDER BY 3, 4, 5"""
 OUTCOME_COUNTS = "SELECT outcome, COUNT(*) FROM items WHERE run_id = ? GROUP BY outcome"
+# For reports only: a scan of `attempts`, rather than an index that every write would pay.
+ATTEMPT_STARTS = "SELECT started_at FROM attempts WHERE run_id = ? ORDER BY started_at"
+CHILD_RUNS = """SELECT run_id, kind, status, created_at, finished_at, out_dir, inputs_json,
+    settings_json, parent_run_id, summary_json FROM runs WHERE parent_run_id = ?
+    ORDER BY created_at"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from pipeline.outcomes import Outcome, OutcomeRecord
@@ -60,6 +60,32 @@ class Progress:
             await asyncio.gather(self._task, return_exceptions=True)
             self._stream.write("\r\x1b[2K" + self.line() + "\n")
             self._stream.flush()
+
+
+def estimate_records(paths: Sequence[str]) -> int | None:
+    """Lines in plain JSONL inputs, for the bar's total and ETA; None when it cannot tell.
+
+    Counting newlines runs at disk speed; gzip, stdin and JSON arrays would need a parse.
+    """
+    total = 0
+    for path in paths:
+        if path == "-":
+            return None
+        try:
+            with open(path, "rb") as file:
+                head = file.read(1 << 20)
+                if head[:2] == b"\x1f\x8b" or head.lstrip()[:1] == b"[":
+                    return None
+                total += head.count(b"\n")
+                last = head[-1:]
+                while chunk := file.read(1 << 20):
+                    total += chunk.count(b"\n")
+                    last = chunk[-1:]
+                # A last record without a newline is a record all the same.
+                total += last not in {b"", b"\n"}
+        except OSError:
+            return None
+    return total
 
 
 def _clock(seconds: float) -> str:

@@ -11,7 +11,7 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,10 +36,14 @@ from pipeline.plan import RunPlan, plan_items
 from pipeline.preflight import Preflight
 from pipeline.retry import RetryPolicy
 from pipeline.routes import Routes
+from pipeline.runlock import run_lock
 from pipeline.sinks import OutcomeSink, rewrite, write_json_atomic
 from pipeline.workers import AlreadyExists, Submitter
 
 log = structlog.get_logger()
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 LEDGER_FILE = "ledger.sqlite3"
 SIMULATOR_FILE = "simulator.sqlite3"
@@ -85,6 +89,7 @@ class Hooks:
     on_start: Callable[[str, Path], None] = lambda run_id, out_dir: None
     on_outcome: Callable[[OutcomeRecord], None] = lambda outcome: None
     on_diff: Callable[[str, list[str]], None] = lambda nmi, lines: None
+    on_note: Callable[[str], None] = lambda text: None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -176,20 +181,23 @@ def _prepare(settings: Settings, plan: RunPlan, resume: bool) -> Path:
 
 async def _open_run(
     ledger: Ledger, settings: Settings, plan: RunPlan, out_dir: Path, resume: bool
-) -> tuple[frozenset[int], frozenset[int]]:
-    """(records already final, records whose write was on the wire when a run died)."""
+) -> tuple[frozenset[int], dict[int, Action]]:
+    """(records already final, records whose write was on the wire when a run died, with
+    the action of that write)."""
+    # A run_id the ledger knows is that run resuming: it is marked running again. One it
+    # does not know was killed before it recorded itself, so before it sent anything.
+    await ledger.start_run(
+        run_id=plan.run_id,
+        kind=plan.kind.value,
+        out_dir=str(out_dir),
+        inputs=list(plan.inputs),
+        settings={"plan": plan.as_json(), "settings": settings.secret_free()},
+        parent_run_id=plan.parent_run_id,
+    )
     if not resume:
-        await ledger.start_run(
-            run_id=plan.run_id,
-            kind=plan.kind.value,
-            out_dir=str(out_dir),
-            inputs=list(plan.inputs),
-            settings={"plan": plan.as_json(), "settings": settings.secret_free()},
-            parent_run_id=plan.parent_run_id,
-        )
-        return frozenset(), frozenset()
+        return frozenset(), {}
     done = frozenset(await ledger.done_seqs(plan.run_id))
-    read_back = frozenset(await ledger.in_flight(plan.run_id))
+    read_back = {seq: Action(f.action) for seq, f in (await ledger.in_flight(plan.run_id)).items()}
     # The files are rebuilt from the ledger, so a record whose line was written before the
     # crash but whose outcome was not yet final in the ledger does not appear twice.
     items = await ledger.run_items(plan.run_id)
@@ -206,6 +214,8 @@ def _submitter(
     limiter: QuotaLimiter,
     ledger: Ledger,
     stop: asyncio.Event,
+    clock: Clock,
+    sleep: Sleep,
 ) -> tuple[Submitter, TokenProvider]:
     tokens = TokenProvider(
         session=session,
@@ -214,6 +224,8 @@ def _submitter(
         client_secret=ep.client_secret,
         refresh_margin_s=settings.token_refresh_margin_s,
         timeout_s=settings.timeout_s,
+        clock=clock,
+        sleep=sleep,
     )
     client = ApiClient(
         session=session,
@@ -241,21 +253,40 @@ def _submitter(
             settings.already_exists_codes, settings.already_exists_pattern
         ),
         stop_after_forbidden=settings.stop_after_forbidden,
-        sleep=interruptible(stop, asyncio.sleep),
+        sleep=interruptible(stop, sleep),
+        clock=clock,
     )
     return submitter, tokens
 
 
 async def execute(
-    settings: Settings, plan: RunPlan, *, hooks: Hooks, resume: bool = False
+    settings: Settings,
+    plan: RunPlan,
+    *,
+    hooks: Hooks,
+    resume: bool = False,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
 ) -> RunResult:
-    """Run `plan` to the end (or until stopped) and write its summary."""
+    """Run `plan` to the end (or until stopped) and write its summary.
+
+    `clock` and `sleep` drive the quota, the retry waits and the token's expiry; tests
+    inject them so that a Retry-After or a quota window passes without the wall clock.
+    """
     out_dir = _prepare(settings, plan, resume)
     started_wall = datetime.now(UTC)
     started = time.monotonic()
     count, period_s = parse_rate(settings.rate_limit)
     concurrency = settings.concurrency or default_concurrency(count, period_s)
-    limiter = QuotaLimiter(count=count, period_s=period_s, margin_s=settings.quota_margin_s)
+    # The quota's wait is interruptible like a retry's: a stop (Ctrl-C, an abort) must not
+    # wait out a long Retry-After pause, nor send a request granted after it.
+    limiter = QuotaLimiter(
+        count=count,
+        period_s=period_s,
+        margin_s=settings.quota_margin_s,
+        clock=clock,
+        sleep=interruptible(hooks.stop, sleep),
+    )
     tls = TlsSettings(
         client_cert=settings.client_cert,
         client_key=settings.client_key,
@@ -266,6 +297,7 @@ async def execute(
         Enumerations.from_file(settings.enumerations_file) if settings.enumerations_file else None
     )
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(run_lock(out_dir, plan.run_id))
         ledger = await stack.enter_async_context(Ledger(settings.state_dir / LEDGER_FILE))
         done, read_back = await _open_run(ledger, settings, plan, out_dir, resume)
         hooks.on_start(plan.run_id, out_dir)
@@ -275,7 +307,15 @@ async def execute(
             make_session(tls=tls, concurrency=concurrency, timeout_s=settings.timeout_s)
         )
         submitter, tokens = _submitter(
-            settings, plan, ep, session=session, limiter=limiter, ledger=ledger, stop=hooks.stop
+            settings,
+            plan,
+            ep,
+            session=session,
+            limiter=limiter,
+            ledger=ledger,
+            stop=hooks.stop,
+            clock=clock,
+            sleep=sleep,
         )
         sink = stack.enter_context(OutcomeSink(out_dir, append=resume))
         engine = Engine(
@@ -292,7 +332,7 @@ async def execute(
             read_back_seqs=read_back,
             lineage=Lineage(plan.parent_run_id) if plan.parent_run_id else None,
         )
-        await engine.run(plan_items(plan, ledger, on_diff=hooks.on_diff))
+        await engine.run(plan_items(plan, ledger, on_diff=hooks.on_diff, on_note=hooks.on_note))
         await ledger.flush()
         counts = await ledger.outcome_counts(plan.run_id)
         interrupted = hooks.stop.is_set() and engine.abort is None

@@ -2,8 +2,9 @@
 
 Each input is read in chunks, so memory does not grow with its size. Its format is found
 from its bytes, not its name: gzip by the magic bytes 1f 8b (then decompressed), a JSON
-array when the first byte that is not whitespace is "[", JSON Lines otherwise. A record
-is a bare object or one wrapped as `{"data": {...}}`; the wrapper is removed.
+array when the first byte that is not whitespace is "[", JSON Lines otherwise (and what
+follows an array's closing "]" is read as JSON Lines too). A record is a bare object or
+one wrapped as `{"data": {...}}`; the wrapper is removed.
 
 Bad input never stops the run: every problem becomes a `SourceItem` with an `error` and
 reading goes on with the next line (or the next file, when the bytes themselves end
@@ -174,26 +175,19 @@ def _gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
         raise _StreamError("gzip stream truncated")
 
 
-class _Counted:
-    """Chunks passed through, counting their newlines, so an early end can say where."""
+def _stream_items(label: str, raw: Iterator[bytes], limit: int) -> Iterator[SourceItem]:
+    lines = 0  # newlines passed to the parser, so that an early end can say where
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self.lines = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._chunks:
-            self.lines += chunk.count(b"\n")
+    def counted() -> Iterator[bytes]:
+        nonlocal lines
+        for chunk in _decompressed(raw):
+            lines += chunk.count(b"\n")
             yield chunk
 
-
-def _stream_items(label: str, raw: Iterator[bytes], limit: int) -> Iterator[SourceItem]:
-    counted = _Counted(_decompressed(raw))
     try:
-        yield from _parse(label, iter(counted), limit)
+        yield from _parse(label, counted(), limit)
     except _StreamError as exc:
-        ref = SourceRef(label, line=counted.lines + 1)
-        yield SourceItem(ref, error=f"{exc} after line {counted.lines}")
+        yield SourceItem(SourceRef(label, line=lines + 1), error=f"{exc} after line {lines}")
 
 
 def _decompressed(raw: Iterator[bytes]) -> Iterator[bytes]:
@@ -225,7 +219,6 @@ def _jsonl_items(
 ) -> Iterator[SourceItem]:
     """One value per line; the first chunk starts at `line`, `column` and file `offset`."""
     pending: list[bytes] = []  # the start of a line that goes on in the next chunk
-    pending_size = 0
     start = offset  # file offset of the line being read
     dropping = False  # the line being read is over the limit, and was reported
     for chunk in chunks:
@@ -236,7 +229,6 @@ def _jsonl_items(
                 if pending:
                     data = b"".join([*pending, data])
                     pending.clear()
-                    pending_size = 0
                 item = _line_item(label, data, limit, line=line, column=column, offset=start)
                 if item is not None:
                     yield item
@@ -247,11 +239,9 @@ def _jsonl_items(
         offset += len(chunk)
         if at < len(chunk) and not dropping:
             pending.append(chunk[at:])
-            pending_size += len(chunk) - at
-            if pending_size > limit:
+            if sum(map(len, pending)) > limit:
                 yield SourceItem(SourceRef(label, line=line), error=oversize_reason(limit))
                 pending.clear()
-                pending_size = 0
                 dropping = True
     if pending:  # the last line has no newline
         item = _line_item(label, b"".join(pending), limit, line=line, column=column, offset=start)

@@ -228,11 +228,18 @@ class Submitter:
             reason=reason,
         )
 
-    async def submit(self, rec: PreparedRecord, *, read_back_first: bool = False) -> OutcomeRecord:
+    async def submit(
+        self,
+        rec: PreparedRecord,
+        *,
+        read_back_first: bool = False,
+        sent_action: Action | None = None,
+    ) -> OutcomeRecord:
         """Send one record until it has a final outcome, within its retry budget.
 
         `read_back_first`: a write of this record was on the wire when an earlier process
         died; read the register before sending, and send only if it lacks this content.
+        `sent_action` is what that write was, for the outcome if the read-back finds it.
         """
         started = self._clock()
         try:
@@ -258,7 +265,7 @@ class Submitter:
                     return self._success(
                         rec,
                         found,
-                        action,
+                        sent_action or action,
                         attempts=attempts,
                         started=started,
                         reason="the write landed without an answer; confirmed by reading it back",
@@ -279,6 +286,7 @@ class Submitter:
                     content_hash=rec.content_hash,
                 )
                 attempts += 1
+                sent_action = None  # from now on, a write that lands is this one
                 try:
                     answer, token = await self._request(method, url, body)
                 except RETRYABLE_EXCEPTIONS as exc:

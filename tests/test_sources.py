@@ -6,19 +6,24 @@ import asyncio
 import gzip
 import io
 import os
+import threading
 import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 import pytest
-from typing_extensions import Buffer
 
+from pipeline import sources
 from pipeline.errors import InputError
 from pipeline.jsonsplit import ArraySplitter, Element, SplitError
 from pipeline.outcomes import SourceItem, SourceRef
 from pipeline.sources import MAX_ITEM_BYTES, READ_SIZE, check_paths, iter_items
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 BAD = Path(__file__).parent / "data" / "bad"
 
@@ -138,6 +143,18 @@ async def test_highly_compressed_input_is_read_whole() -> None:
     assert [(i.source.line, i.value) for i in items] == [(1, {"a": 1}), (2, {"b": 2})]
 
 
+def test_truncated_gzip_gives_all_it_can_in_bounded_pieces() -> None:
+    """Cut anywhere, gzip yields every byte zlib can recover, never more than READ_SIZE at once."""
+    whole = gzip.compress(b"ab" * (3 * READ_SIZE), mtime=0)
+    for cut in range(1, len(whole)):
+        data = whole[:cut]
+        pieces: list[bytes] = []
+        with pytest.raises(sources._StreamError, match="gzip stream truncated"):
+            pieces.extend(sources._gunzip([data]))
+        assert b"".join(pieces) == zlib.decompressobj(wbits=31).decompress(data), cut
+        assert all(0 < len(piece) <= READ_SIZE for piece in pieces)
+
+
 class _Lines(io.RawIOBase):
     """An endless-looking input made on demand, counting the bytes handed out."""
 
@@ -149,7 +166,7 @@ class _Lines(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Buffer) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         view = memoryview(buffer)
         while len(self._pending) < len(view):
             line = next(self._lines, None)
@@ -176,8 +193,8 @@ async def test_first_item_arrives_before_the_input_is_read() -> None:
 
 @pytest.mark.parametrize("form", ["jsonl", "array"])
 async def test_memory_stays_flat_on_a_large_input(tmp_path: Path, form: str) -> None:
-    """100k records: the peak of traced memory stays well under the size of the input."""
-    values = [{"nmi": f"80010{n:05d}", "n": n, "kind": "installation"} for n in range(100_000)]
+    """25k records: the peak of traced memory stays well under the size of the input."""
+    values = [{"nmi": f"80010{n:05d}", "n": n, "comments": "x" * 200} for n in range(25_000)]
     path = tmp_path / "large"
     path.write_bytes(jsonl(values) if form == "jsonl" else orjson.dumps(values))
     size = path.stat().st_size
@@ -194,6 +211,25 @@ async def test_memory_stays_flat_on_a_large_input(tmp_path: Path, form: str) -> 
     # Holding the input whole would take more than twice this bound.
     assert size > 5_000_000
     assert peak < 2_500_000
+
+
+@pytest.mark.parametrize("form", ["jsonl", "array"])
+async def test_oversized_record_is_not_held_in_memory(form: str) -> None:
+    """A 20 MB record over a 1 MB limit: memory stays near the limit, not the record."""
+    big = b'{"comments": "' + b"x" * (20 * 2**20) + b'"}'
+    data = big + b"\n{}\n" if form == "jsonl" else b"[" + big + b", {}]"
+    stdin = io.BytesIO(data)
+    tracemalloc.start()
+    try:
+        items = await collect(["-"], stdin=stdin, max_item_bytes=2**20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(i.error, i.value) for i in items] == [
+        ("record over 1 MB (more than 1048576 bytes)", None),
+        (None, {}),
+    ]
+    assert peak < 4 * 2**20
 
 
 async def test_file_shrinking_while_read_is_reported_as_truncation(tmp_path: Path) -> None:
@@ -372,6 +408,12 @@ def test_splitter_reports_an_oversized_element_once(size: int) -> None:
     ]
 
 
+def test_splitter_keeps_a_stray_brace_inside_its_element() -> None:
+    """A "}" too many does not end the array: its element fails alone, the next is read."""
+    events = split(b'[{"a": 1}}, {"b": 2}]', 3)
+    assert [e.data for e in events if isinstance(e, Element)] == [b'{"a": 1}}', b'{"b": 2}']
+
+
 @pytest.mark.parametrize("data", [b"[]", b" [ \n ] \n"])
 def test_splitter_empty_array_has_no_elements(data: bytes) -> None:
     """`[]` is an empty array, not an empty element."""
@@ -449,7 +491,9 @@ async def test_chunk_lines_below_one_is_refused() -> None:
         await collect(["-"], stdin=io.BytesIO(b"{}"), chunk_lines=0)
 
 
-async def test_stopping_early_closes_the_file(tmp_path: Path) -> None:
+async def test_stopping_early_closes_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Leaving the iteration early releases the input file."""
     path = tmp_path / "in.jsonl"
     path.write_bytes(jsonl(RECORDS))
@@ -457,10 +501,45 @@ async def test_stopping_early_closes_the_file(tmp_path: Path) -> None:
     def open_paths() -> set[str]:
         return {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
 
+    # Holding on to the reader shows that the file is closed, not merely collected.
+    readers: list[object] = []
+
+    def kept(*args: Any) -> Any:
+        readers.append(reader := path_items(*args))
+        return reader
+
+    path_items = sources._path_items
+    monkeypatch.setattr(sources, "_path_items", kept)
     real = os.path.realpath(path)
     async with asyncio.timeout(10):
         items = iter_items([str(path)], chunk_lines=1)
         await anext(items)
         assert real in open_paths()
         await items.aclose()
+    assert readers
     assert real not in open_paths()
+
+
+class _Watched(io.FileIO):
+    """A pipe's read end that says when a read has started."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd, "rb")
+        self.reading = threading.Event()
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reading.set()
+        return super().read(size)
+
+
+async def test_cancelling_while_a_read_waits_does_not_block() -> None:
+    """Cancelled while the worker thread waits on an idle pipe: the caller is free at once."""
+    read_end, write_end = os.pipe()
+    with _Watched(read_end) as stdin:
+        async with asyncio.timeout(10):
+            waiting = asyncio.create_task(anext(iter_items(["-"], stdin=stdin)))
+            assert await asyncio.to_thread(stdin.reading.wait, 5)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        os.close(write_end)  # the thread's read now ends, and with it the thread

@@ -1,0 +1,1 @@
+"""Benchmarks of wem-der: scripts, not tests. Run each with `python -m benchmarks.NAME`."""

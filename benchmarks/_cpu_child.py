@@ -1,0 +1,130 @@
+"""A client process whose CPU time `benchmarks.client_cost` reads: wem-der, or the floor.
+
+    python -m benchmarks._cpu_child RESULT.json pipeline [--profile OUT.prof] -- WEM-DER ARGS
+    BENCH_BEARER_TOKEN=... python -m benchmarks._cpu_child RESULT.json floor --input F
+        --url U --participant P --concurrency N
+
+Both import what they need first, then time only the run: `time.process_time()` (every
+thread of this process, user + system) and the wall clock, written to RESULT.json. The
+parent reads the whole process (imports included) from the kernel as well.
+
+The floor is the least any Python client must spend to send these records: a bare
+aiohttp loop posting payloads encoded before the clock starts, at the same concurrency,
+reading each answer, with nothing recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gzip
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+# The same level and mtime as pipeline.codec, so the floor sends the same bytes.
+GZIP_LEVEL = 6
+TOKEN_ENV = "BENCH_BEARER_TOKEN"
+
+
+def _pipeline(argv: list[str], profile: Path | None) -> dict[str, Any]:
+    # What `wem-der` imports lazily, imported before the clock starts.
+    import pipeline.cli
+    import pipeline.commands
+    import pipeline.run
+
+    profiler = cProfile.Profile() if profile else None
+    cpu, wall = time.process_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    code = pipeline.cli.main(argv)
+    if profiler is not None:
+        profiler.disable()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    if profiler is not None and profile is not None:
+        profiler.dump_stats(profile)
+    return {"exit_code": code, "cpu_s": cpu, "wall_s": wall}
+
+
+def _bodies(path: Path) -> list[bytes]:
+    """Each record as wem-der sends it: `{"data": record}`, orjson, gzip."""
+    out = []
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                raw = orjson.dumps({"data": orjson.loads(line)})
+                out.append(gzip.compress(raw, compresslevel=GZIP_LEVEL, mtime=0))
+    return out
+
+
+async def _floor(
+    bodies: list[bytes], url: str, token: str, participant: str, concurrency: int
+) -> dict[str, Any]:
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "X-initiatingParticipantID": participant,
+        "X-market": "WEM",
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+    }
+    statuses: Counter[int] = Counter()
+    pending: Iterator[bytes] = iter(bodies)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker() -> None:
+            for body in pending:  # shared iterator: each body is taken once
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    statuses[response.status] += 1
+
+        cpu, wall = time.process_time(), time.perf_counter()
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker())
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return {
+        "exit_code": 0,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "statuses": {str(k): v for k, v in statuses.items()},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks._cpu_child")
+    parser.add_argument("result", type=Path)
+    sub = parser.add_subparsers(dest="role", required=True)
+    p = sub.add_parser("pipeline")
+    p.add_argument("--profile", type=Path)
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    f = sub.add_parser("floor")
+    f.add_argument("--input", type=Path, required=True)
+    f.add_argument("--url", required=True)
+    f.add_argument("--participant", required=True)
+    f.add_argument("--concurrency", type=int, required=True)
+    args = parser.parse_args()
+    if args.role == "pipeline":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        result = _pipeline(argv, args.profile)
+    else:
+        bodies = _bodies(args.input)
+        # The token comes through the environment: a command line shows in `ps`.
+        token = os.environ[TOKEN_ENV]
+        result = asyncio.run(_floor(bodies, args.url, token, args.participant, args.concurrency))
+        result["records"] = len(bodies)
+    args.result.write_bytes(orjson.dumps(result))
+    return int(result["exit_code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

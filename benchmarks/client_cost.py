@@ -1,0 +1,227 @@
+"""Client cost: CPU seconds per 1000 records, wem-der against a bare aiohttp floor.
+
+    python -m benchmarks.client_cost [--records 10000] [--concurrency 100] [--rounds 3]
+
+One simulator, in its own process with the quota lifted and no added latency, serves both
+clients, so only the client's CPU is counted. Each client runs in a fresh process of its
+own (`benchmarks._cpu_child`):
+
+- floor: a bare aiohttp loop posting the same records, encoded as wem-der encodes them
+  (`{"data": record}`, orjson, gzip level 6) before the clock starts, at the same
+  concurrency, reading every answer and recording nothing;
+- wem-der: `wem-der submit FILE` at the same concurrency, from reading the file to the
+  summary (pre-flight, ledger, outcome files and all), its imports done before the clock.
+
+"run CPU" is `time.process_time()` around the run inside the child (all threads, user +
+system); "process CPU" is the whole process as the kernel accounts it (wait4), interpreter
+start and imports included. The register is reset before each client run, and the order
+of the two alternates between rounds, so drift on a noisy machine hits both alike; the
+ratio is of the medians. Goal: wem-der <= 1.5 x the floor (run CPU). When it is over, or
+with --profile, wem-der runs once more under cProfile and its hot spots are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pstats
+import re
+import statistics
+import sys
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks._cpu_child import TOKEN_ENV
+from benchmarks._harness import (
+    PYTHON,
+    RESULTS_DIR,
+    BenchError,
+    SimProcess,
+    run_measured,
+    simulator,
+    table,
+    tail,
+    workdir,
+    write_installations,
+    write_result,
+)
+
+GOAL_RATIO = 1.5
+# How cProfile names a C method: "<method 'send' of '_socket.socket' objects>".
+_METHOD = re.compile(r"<method '([^']+)' of '([^']+)' objects>")
+CHILD = (PYTHON, "-m", "benchmarks._cpu_child")
+
+
+def _run(
+    role: str, sim: SimProcess, source: Path, records: int, concurrency: int, directory: Path,
+    tag: str, profile: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    sim.reset()
+    result = directory / f"{tag}.json"
+    stderr = directory / f"{tag}.stderr"
+    env: dict[str, str] = {}
+    if role == "floor":
+        command = [
+            *CHILD, str(result), "floor", "--input", str(source),
+            "--url", sim.installation_url + "/installation",
+            "--participant", sim.participant_id, "--concurrency", str(concurrency),
+        ]  # fmt: skip
+        env[TOKEN_ENV] = sim.token()
+    else:
+        command = [*CHILD, str(result), "pipeline"]
+        if profile is not None:
+            command += ["--profile", str(profile)]
+        command += [
+            "--", "submit", str(source), "--out", str(directory / f"{tag}-out"),
+            "--state-dir", str(directory / f"{tag}-state"), "--rate-limit", "1000000/1s",
+            "--concurrency", str(concurrency), *sim.wem_der_flags(),
+        ]  # fmt: skip
+    try:
+        process = run_measured(
+            command, timeout_s=600, stdout=directory / f"{tag}.out", stderr=stderr, env=env
+        )
+    except BenchError as exc:
+        raise BenchError(f"{exc}\n{tail(stderr)}") from exc
+    inner = orjson.loads(result.read_bytes())
+    stats = sim.stats()
+    if stats["installations"] != records or stats["der_requests_received"] != records:
+        raise BenchError(
+            f"{role} ({tag}): the register holds {stats['installations']} of {records} records"
+            f" after {stats['der_requests_received']} requests; the comparison would be unfair"
+        )
+    return {
+        "role": role,
+        "tag": tag,
+        "run_cpu_s": inner["cpu_s"],
+        "run_wall_s": inner["wall_s"],
+        "process_cpu_s": process.cpu_s,
+        "process_wall_s": process.wall_s,
+        "maxrss_mb": process.maxrss_mb,
+        "run_cpu_per_1000": inner["cpu_s"] / records * 1000,
+        "process_cpu_per_1000": process.cpu_s / records * 1000,
+    }
+
+
+def by_area(profile: Path) -> list[tuple[str, float]]:
+    """Own time summed by where the code lives: a pipeline module, or a library."""
+    stats = pstats.Stats(str(profile))
+    areas: dict[str, float] = {}
+    entries: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    for (filename, _, function), (_, _, tottime, _, _) in entries.items():
+        areas[_area(filename, function)] = areas.get(_area(filename, function), 0.0) + tottime
+    return sorted(areas.items(), key=lambda item: -item[1])
+
+
+def _area(filename: str, function: str) -> str:
+    path = Path(filename)
+    parts = path.parts
+    if "pipeline" in parts and "site-packages" not in parts:
+        return "pipeline/" + "/".join(parts[parts.index("pipeline") + 1 :])
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1]
+    if filename == "~":  # a built-in: name it by its function
+        method = _METHOD.fullmatch(function)
+        if method:
+            return f"built-in {method[2].rsplit('.', 1)[-1]}.{method[1]}"
+        return "built-in " + function.removeprefix("<built-in method ").strip("<>")
+    return "stdlib " + path.name
+
+
+def hot_spots(profile: Path, limit: int = 25) -> str:
+    """Own time by area, then the functions with the most own and cumulative time."""
+    areas = by_area(profile)
+    total = sum(t for _, t in areas) or 1.0
+    lines = [f"{t:8.3f} s {t / total:6.1%}  {name}" for name, t in areas[:limit]]
+    out = StringIO()
+    out.write("own time by area (main thread):\n" + "\n".join(lines) + "\n\n")
+    stats = pstats.Stats(str(profile), stream=out)
+    stats.strip_dirs().sort_stats("tottime").print_stats(limit)
+    stats.sort_stats("cumulative").print_stats(limit)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.client_cost", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--records", type=int, default=10000)
+    parser.add_argument("--concurrency", type=int, default=100, help="both clients")
+    parser.add_argument("--rounds", type=int, default=3, help="floor and wem-der runs each")
+    parser.add_argument("--profile", action="store_true", help="profile wem-der regardless")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = parser.parse_args(argv)
+    runs: list[dict[str, Any]] = []
+    profile_text = ""
+    with workdir("cost", keep=args.keep) as directory, simulator(directory / "sim") as sim:
+        source = write_installations(directory / "records.jsonl", args.records)
+        for round_no in range(args.rounds):
+            order = ("floor", "wem-der") if round_no % 2 == 0 else ("wem-der", "floor")
+            for role in order:
+                print(f"round {round_no + 1}: {role} ...", file=sys.stderr, flush=True)
+                tag = f"{role}-{round_no}"
+                runs.append(_run(role, sim, source, args.records, args.concurrency, directory, tag))
+        floor = [r for r in runs if r["role"] == "floor"]
+        ours = [r for r in runs if r["role"] == "wem-der"]
+
+        def median(rows: list[dict[str, Any]], key: str) -> float:
+            return float(statistics.median(r[key] for r in rows))
+
+        ratio = median(ours, "run_cpu_per_1000") / median(floor, "run_cpu_per_1000")
+        process_ratio = median(ours, "process_cpu_per_1000") / median(floor, "process_cpu_per_1000")
+        if ratio > GOAL_RATIO or args.profile:
+            print("profiling wem-der ...", file=sys.stderr, flush=True)
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            profile = RESULTS_DIR / "client_cost.prof"
+            _run(
+                "wem-der", sim, source, args.records, args.concurrency, directory, "profiled",
+                profile=profile,
+            )  # fmt: skip
+            profile_text = hot_spots(profile)
+
+    headers = [
+        "client", "runs", "run CPU s/1000", "process CPU s/1000", "run wall s", "records/s",
+        "peak RSS MB",
+    ]  # fmt: skip
+    rows = []
+    for name, rows_of in (("floor (bare aiohttp)", floor), ("wem-der", ours)):
+        wall = median(rows_of, "run_wall_s")
+        rows.append([
+            name, len(rows_of), f"{median(rows_of, 'run_cpu_per_1000'):.3f}",
+            f"{median(rows_of, 'process_cpu_per_1000'):.3f}", f"{wall:.2f}",
+            f"{args.records / wall:.0f}", f"{median(rows_of, 'maxrss_mb'):.0f}",
+        ])  # fmt: skip
+    title = (
+        f"client cost: {args.records} records, concurrency {args.concurrency}, quota lifted,"
+        f" medians of {args.rounds} rounds"
+    )
+    print(table(headers, rows, title))
+    verdict = "meets" if ratio <= GOAL_RATIO else "MISSES"
+    print(
+        f"\nwem-der / floor: {ratio:.2f}x run CPU ({verdict} the goal of <= {GOAL_RATIO}x),"
+        f" {process_ratio:.2f}x process CPU"
+    )
+    if profile_text:
+        print("\nwem-der hot spots (cProfile, main thread only):\n" + profile_text)
+    path = write_result(
+        "client_cost",
+        {
+            "records": args.records,
+            "concurrency": args.concurrency,
+            "rounds": args.rounds,
+            "goal": {"ratio_max": GOAL_RATIO},
+            "ratio_run_cpu": ratio,
+            "ratio_process_cpu": process_ratio,
+            "runs": runs,
+            "profile": profile_text or None,
+            "cpu_count": os.cpu_count(),
+        },
+    )
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""One process per run: an exclusive lock on the outcome directory while a run is live.
+
+Without it, `wem-der resume RUN` typed while RUN is still sending would send the same
+records from two processes. `flock` is released by the kernel when its holder dies, even
+by kill -9, so a crashed run never leaves a stale lock behind (unlike a pid file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path, run_id: str) -> Iterator[None]:
+    """Hold the lock of `out_dir` for the block; ConfigError if another process holds it."""
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"run {run_id} is live in another process (its outcome directory {out_dir} is"
+                " locked); let it finish or stop it before resuming"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

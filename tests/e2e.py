@@ -1,0 +1,310 @@
+"""Helpers for the end-to-end tests of `submit`: the simulator, a run aimed at it, and what
+came out (outcome files, summary) and what went over the wire (a tap on the simulator).
+
+    Simulator(sim_settings(...)) --real HTTP on 127.0.0.1--> execute(run_settings(sim, ...))
+         \\-- Tap: every DER request as it arrived          \\-- out/*.jsonl, summary.json
+
+The tap wraps the simulator's own gateway middleware (our code, not aiohttp's), so it sees
+each request with its headers and raw body, and the answer with its transaction id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import gzip
+import sys
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from pydantic import SecretStr
+
+from pipeline.config import Settings
+from pipeline.models import RecordKind
+from pipeline.outcomes import Outcome
+from pipeline.plan import RunPlan
+from pipeline.run import Hooks, RunResult, execute, new_run_id
+from pipeline.samples import installations
+from pipeline.simulator import Simulator, SimulatorSettings
+from pipeline.simulator import app as sim_app
+from pipeline.simulator.state import STATE
+
+CLIENT_ID = "e2e-client"
+SECRET = "e2e-secret-7f3a9c"  # a throwaway secret the simulator is told to expect
+PARTICIPANT = "E2ENSP"
+OUTCOME_FILES = tuple(f"{o.value}.jsonl" for o in Outcome)
+SUMMARY_KEYS = frozenset(
+    {
+        "records",
+        "accepted",
+        "conditional",
+        "rejected",
+        "invalid",
+        "failed",
+        "requests",
+        "http_429",
+        "elapsed_s",
+        "max_requests_in_window",
+    }
+)
+PYTHON = sys.executable
+
+
+def sim_settings(**overrides: Any) -> SimulatorSettings:
+    """A simulator that expects this module's client id and secret."""
+    base: dict[str, Any] = {"client_id": CLIENT_ID, "client_secret": SecretStr(SECRET)}
+    return SimulatorSettings(**(base | overrides))
+
+
+def run_settings(sim: Simulator, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings aimed at `sim`, with state in `tmp_path` and retries that never wait."""
+    base: dict[str, Any] = {
+        "env": "e2e",
+        "token_url": sim.token_url,
+        "base_url": sim.installation_url,
+        "nmi_base_url": sim.nmi_url,
+        "client_id": CLIENT_ID,
+        "client_secret": SecretStr(SECRET),
+        "participant_id": PARTICIPANT,
+        "state_dir": tmp_path / "state",
+        "concurrency": 4,
+        "base_delay_s": 0,
+        "max_delay_s": 0,
+        "timeout_s": 10,
+    }
+    return Settings(**(base | overrides))
+
+
+def scripted_settings(url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings aimed at a `tests.scripted` server: token at /oauth/token, APIs under /der."""
+    base: dict[str, Any] = {
+        "env": "e2e",
+        "token_url": url + "/oauth/token",
+        "base_url": url + "/der",
+        "nmi_base_url": url + "/der",
+        "client_id": CLIENT_ID,
+        "client_secret": SecretStr(SECRET),
+        "participant_id": PARTICIPANT,
+        "state_dir": tmp_path / "state",
+        "concurrency": 1,
+        "base_delay_s": 0,
+        "max_delay_s": 0,
+        "timeout_s": 10,
+    }
+    return Settings(**(base | overrides))
+
+
+TOKEN_BODY = {"acess_token": "scripted-token", "access_token_expires_in": "3599"}
+
+
+def make_plan(
+    tmp_path: Path,
+    inputs: Sequence[Path | str],
+    *,
+    out: str = "out",
+    kind: RecordKind = RecordKind.INSTALLATION,
+    force: bool = False,
+) -> RunPlan:
+    return RunPlan(
+        run_id=new_run_id(),
+        kind=kind,
+        inputs=tuple(str(p) for p in inputs),
+        out_dir=str(tmp_path / out),
+        force=force,
+    )
+
+
+async def submit(
+    settings: Settings,
+    tmp_path: Path,
+    inputs: Sequence[Path | str],
+    *,
+    out: str = "out",
+    hooks: Hooks | None = None,
+    **timing: Any,
+) -> RunResult:
+    """One `submit` run of `inputs` into `tmp_path/out`."""
+    plan = make_plan(tmp_path, inputs, out=out)
+    return await execute(settings, plan, hooks=hooks or Hooks(), **timing)
+
+
+def records(count: int, *, start: int = 0, seed: int = 0) -> list[dict[str, Any]]:
+    """Realistic installation records that the simulator accepts without exceptions."""
+    return list(installations(count, seed=seed, start=start))
+
+
+def write_jsonl(path: Path, items: Iterable[object]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(item) + b"\n" for item in items))
+    return path
+
+
+# -- what came out ------------------------------------------------------------------------
+
+
+def read_outcomes(out_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every outcome line, by outcome file ("accepted", "failed", ...)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for outcome in Outcome:
+        path = out_dir / f"{outcome.value}.jsonl"
+        found[outcome.value] = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    return found
+
+
+def read_summary(out_dir: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = orjson.loads((out_dir / "summary.json").read_bytes())
+    return summary
+
+
+def read_problems(out_dir: Path) -> list[dict[str, str]]:
+    with (out_dir / "problems.csv").open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def source_key(line: Mapping[str, Any]) -> tuple[str, int | None, int | None]:
+    source = line["source"]
+    return (source["path"], source.get("line"), source.get("index"))
+
+
+def assert_each_once(
+    out_dir: Path, expected: Iterable[tuple[str, int | None, int | None]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every expected input position is in exactly one outcome file, once; nothing else is."""
+    found = read_outcomes(out_dir)
+    seen = [source_key(line) for lines in found.values() for line in lines]
+    assert sorted(seen, key=str) == sorted(expected, key=str)
+    # Each line is in the file of its own outcome.
+    for outcome, lines in found.items():
+        assert all(line["outcome"] == outcome for line in lines), outcome
+    return found
+
+
+def lines_of(path: Path, count: int) -> list[tuple[str, int | None, int | None]]:
+    """The input positions of a JSONL file of `count` records."""
+    return [(str(path), n, None) for n in range(1, count + 1)]
+
+
+# -- what went over the wire ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One DER request as the simulator received it, and its answer."""
+
+    at: float  # the simulator's clock when the request arrived
+    done: float  # ... and when the answer left
+    method: str
+    path: str
+    headers: CIMultiDictProxy[str]
+    raw: bytes | None  # the body as sent (still compressed); None if unreadable
+    status: int | None  # None: the connection was dropped without an answer
+    transaction_id: str | None
+    data: Any
+
+    @property
+    def nmi(self) -> str | None:
+        """The NMI the request was about: from the path, else from the body."""
+        last = self.path.rstrip("/").rsplit("/", 1)[-1]
+        if self.method in ("PUT", "GET") and last.isdigit():
+            return last
+        body = self.decoded()
+        if isinstance(body, dict):
+            inner = body.get("data", body)
+            if isinstance(inner, dict) and isinstance(inner.get("nmi"), str):
+                return str(inner["nmi"])
+        return None
+
+    def decoded(self) -> Any:
+        if not self.raw:
+            return None
+        encoding = self.headers.get("Content-Encoding", "")
+        raw = self.raw
+        if encoding == "gzip":
+            raw = gzip.decompress(raw)
+        elif encoding == "deflate":
+            raw = zlib.decompress(raw)
+        return orjson.loads(raw)
+
+
+@dataclass
+class Tap:
+    """What the simulator saw, in arrival order."""
+
+    exchanges: list[Exchange] = field(default_factory=list)
+
+    def writes(self) -> list[Exchange]:
+        return [e for e in self.exchanges if e.method in ("POST", "PUT")]
+
+    def for_nmi(self, nmi: str) -> list[Exchange]:
+        return [e for e in self.exchanges if e.nmi == nmi]
+
+
+def install_tap(monkeypatch: pytest.MonkeyPatch) -> Tap:
+    """Record every DER request of simulators started from now on (the `tap` fixture)."""
+    recorded = Tap()
+    original = sim_app.gateway
+    prefixes = (sim_app.INSTALLATION_PREFIX + "/", sim_app.NMI_PREFIX + "/")
+
+    @web.middleware
+    async def tapped(request: web.Request, handler: sim_app.Handler) -> web.StreamResponse:
+        if not request.path.startswith(prefixes):
+            return await original(request, handler)
+        clock = request.app[STATE].clock
+        at = clock()
+        response = await original(request, handler)
+        transport = request.transport
+        dropped = transport is None or transport.is_closing()
+        raw = None if dropped or not request.body_exists else await request.read()
+        body = getattr(response, "body", None)
+        answer: Any = orjson.loads(body) if isinstance(body, bytes) and body else {}
+        recorded.exchanges.append(
+            Exchange(
+                at=at,
+                done=clock(),
+                method=request.method,
+                path=request.path,
+                headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+                raw=raw,
+                status=None if dropped else response.status,
+                transaction_id=answer.get("transactionId"),
+                data=answer.get("data"),
+            )
+        )
+        return response
+
+    monkeypatch.setattr(sim_app, "gateway", tapped)
+    return recorded
+
+
+# -- time -----------------------------------------------------------------------------------
+
+
+class FastClock:
+    """Seconds that pass `speed` times faster than real ones, shared by simulator and run.
+
+    A Retry-After of 1 s or a quota window of 10 s then costs milliseconds, while the order
+    of events stays the real one (a virtual clock that jumps on each sleep would let a
+    worker that should be paused run "later" for free, and hide the bug under test).
+    """
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self._origin = time.monotonic()
+
+    def __call__(self) -> float:
+        return 1000.0 + (time.monotonic() - self._origin) * self.speed
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+
+async def no_wait(seconds: float) -> None:
+    """A sleep that only yields: for token retries whose backoff is not under test."""
+    await asyncio.sleep(0)

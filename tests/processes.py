@@ -1,0 +1,201 @@
+"""`wem-der` and its simulator as real processes, for kill -9 and command-line tests.
+
+The simulator runs in its own process with a SQLite store, so it outlives every `wem-der`
+process a test kills. The only waits are bounded polls for another process to reach a
+point (a file appearing, a count of outcome lines): subprocess coordination, each with a
+deadline, never a sleep standing in for a result.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.outcomes import Outcome
+
+PYTHON = sys.executable
+# A secret the tests can look for in everything the tool writes: it must appear nowhere.
+SECRET = "s3cret-" + "x7Q2" * 6
+RUN_TIMEOUT_S = 60.0
+POLL_S = 0.005
+
+
+def _environ() -> dict[str, str]:
+    # No WEMDER_* from the developer's shell; logs as JSON lines (stderr is not a terminal).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEMDER_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def wait_until(
+    proc: subprocess.Popen[bytes], condition: Callable[[], bool], *, timeout_s: float, what: str
+) -> None:
+    """Wait until `condition` holds or `proc` has ended, whichever comes first."""
+    wait_for(lambda: proc.poll() is not None or condition(), timeout_s=timeout_s, what=what)
+
+
+def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    """Poll `condition` until it holds; fail the test if it does not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(POLL_S)
+
+
+@dataclass
+class Sim:
+    """A simulator process and how to reach it."""
+
+    proc: subprocess.Popen[bytes]
+    base_url: str
+    secret_file: Path
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.base_url + path, timeout=10) as resp:
+            return orjson.loads(resp.read())
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.get("/_sim/stats"))
+
+    def installations(self) -> list[dict[str, Any]]:
+        """The stored installations (`data` only), as `GET /_sim/records` lists them."""
+        return [entry["data"] for entry in self.get("/_sim/records")["installations"]]
+
+    def reset(self) -> None:
+        request = urllib.request.Request(self.base_url + "/_sim/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            resp.read()
+
+    def flags(self, state_dir: Path) -> list[str]:
+        """Everything `submit` needs to reach this simulator, the secret from a file."""
+        return [
+            "--base-url",
+            self.base_url + "/v2/der-register",
+            "--nmi-base-url",
+            self.base_url + "/wem/v1/der-register",
+            "--token-url",
+            self.base_url + "/oauth/v1/token",
+            "--client-id",
+            "local-client",
+            "--client-secret-file",
+            str(self.secret_file),
+            "--participant-id",
+            "TESTNSP",
+            "--state-dir",
+            str(state_dir),
+            "--no-progress",
+        ]
+
+
+@contextmanager
+def simulator(directory: Path, *flags: str) -> Iterator[Sim]:
+    """A simulator process (SQLite store in `directory`) for the length of the block."""
+    directory.mkdir(parents=True, exist_ok=True)
+    secret_file = directory / "client-secret"
+    secret_file.write_text(SECRET + "\n")
+    out = directory / "simulator.out"
+    with out.open("wb") as stdout, (directory / "simulator.err").open("wb") as stderr:
+        command = [PYTHON, "-m", "pipeline", "simulate", "--port", "0"]
+        command += ["--db", str(directory / "register.sqlite3")]
+        command += ["--client-secret-file", str(secret_file), *flags]
+        proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=_environ())
+    try:
+        found: list[str] = []
+
+        def started() -> bool:
+            assert proc.poll() is None, (directory / "simulator.err").read_text()
+            found[:] = re.findall(r"simulator on (http://\S+)", out.read_text())
+            return "Stats:" in out.read_text() and bool(found)
+
+        wait_for(started, timeout_s=20, what="the simulator to listen")
+        yield Sim(proc, found[0], secret_file)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def wem_der(*args: str, cwd: Path | None = None, timeout_s: float = RUN_TIMEOUT_S) -> Result:
+    """Run `wem-der ARGS` to its end."""
+    done = subprocess.run(
+        [PYTHON, "-m", "pipeline", *args],
+        capture_output=True,
+        timeout=timeout_s,
+        env=_environ(),
+        cwd=cwd,
+        check=False,
+    )
+    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    """Start `wem-der ARGS` in the background (output in `log`), for a test to kill."""
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [PYTHON, "-m", "pipeline", *args], stdout=sink, stderr=sink, env=_environ()
+        )
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL: no handler runs, nothing is flushed or closed by the process itself."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in records))
+    return path
+
+
+def outcome_lines(out_dir: Path) -> list[dict[str, Any]]:
+    """Every line of every outcome file of `out_dir`."""
+    lines = []
+    for outcome in Outcome:
+        path = out_dir / f"{outcome.value}.jsonl"
+        if path.exists():
+            lines += [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    return lines
+
+
+def count_lines(out_dir: Path) -> int:
+    """How many outcome lines `out_dir` holds now (for deciding when to kill)."""
+    total = 0
+    for outcome in Outcome:
+        with suppress(FileNotFoundError):
+            total += (out_dir / f"{outcome.value}.jsonl").read_bytes().count(b"\n")
+    return total
+
+
+def run_id_of(out_dir: Path) -> str:
+    return str(orjson.loads((out_dir / "run.json").read_bytes())["run_id"])
+
+
+def summary_of(out_dir: Path) -> dict[str, Any]:
+    return dict(orjson.loads((out_dir / "summary.json").read_bytes()))

@@ -1,0 +1,129 @@
+"""submit, end to end: tokens that expire or are revoked mid-run, and refused credentials."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from pipeline.errors import CredentialsRefused
+from pipeline.simulator import FaultProfile, Simulator
+from tests.e2e import (
+    TOKEN_BODY,
+    FastClock,
+    Tap,
+    assert_each_once,
+    lines_of,
+    read_summary,
+    records,
+    run_settings,
+    scripted_settings,
+    sim_settings,
+    submit,
+    write_jsonl,
+)
+from tests.scripted import Reply, serve
+
+
+async def test_tokens_expiring_mid_run_are_refreshed_ahead_of_time(tmp_path: Path) -> None:
+    """3 s tokens over a 4 s run: refreshed before they expire, so the register sees no 401."""
+    async with asyncio.timeout(30):
+        path = write_jsonl(tmp_path / "in.jsonl", records(80))
+        clock = FastClock(speed=20)
+        sim_cfg = sim_settings(token_lifetime_s=3, quota_count=20, quota_period_s=1)
+        async with Simulator(sim_cfg, clock=clock) as sim:
+            settings = run_settings(sim, tmp_path, rate_limit="20/1s")
+            result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
+            stats = sim.stats()
+        found = assert_each_once(result.out_dir, lines_of(path, 80))
+        assert len(found["accepted"]) == 80
+        assert stats["requests"]["installation.create"] == {"200": 80}
+        summary = read_summary(result.out_dir)
+        # Told 2 s (AEMO's "lifetime - 1"), the client renews once half of that has passed,
+        # when it next needs one: at 0, 1.1, 2.2 and 3.3 s, as the quota releases requests.
+        assert summary["token_refreshes"] == stats["tokens_issued"] >= 3
+        assert summary["token_replays"] == 0
+
+
+async def test_revoked_tokens_cost_one_refresh_and_one_replay(tmp_path: Path, tap: Tap) -> None:
+    """Two revocations mid-run: each 401 is replayed once with a new token; one refresh each."""
+    async with asyncio.timeout(30):
+        path = write_jsonl(tmp_path / "in.jsonl", records(60))
+        clock = FastClock(speed=20)
+        faults = FaultProfile(revoke_tokens_at_s=(1.0, 2.0))
+        sim_cfg = sim_settings(faults=faults, quota_count=20, quota_period_s=1)
+        async with Simulator(sim_cfg, clock=clock) as sim:
+            settings = run_settings(sim, tmp_path, rate_limit="20/1s", concurrency=4)
+            result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
+            stats = sim.stats()
+        found = assert_each_once(result.out_dir, lines_of(path, 60))
+        assert len(found["accepted"]) == 60
+        refused = [e for e in tap.exchanges if e.status == 401]
+        # Workers that took a token before waiting for the quota all meet the revocation.
+        assert len(refused) >= 2
+        for exchange in refused:
+            assert exchange.nmi is not None
+            sent = tap.for_nmi(exchange.nmi)
+            assert [e.status for e in sent] == [401, 200]
+            assert sent[0].headers["Authorization"] != sent[1].headers["Authorization"]
+        summary = read_summary(result.out_dir)
+        assert summary["token_replays"] == len(refused)
+        # Many 401s at once, one refresh per revocation (plus the first token).
+        assert summary["token_refreshes"] == stats["tokens_issued"] == 3
+        replayed = {e.nmi for e in refused}
+        for line in found["accepted"]:
+            assert line["attempts"] == (2 if line["nmi"] in replayed else 1)
+
+
+async def test_a_second_401_after_a_refresh_fails_the_record(tmp_path: Path) -> None:
+    """A register that refuses every token: one refresh and one replay per record, no loop."""
+    async with asyncio.timeout(30), serve() as server:
+        token = TOKEN_BODY
+        refused = {"transactionId": "txn-401", "errors": [{"code": "401", "title": "Unauthorised"}]}
+        server.default = Reply(401, refused)
+        # Record 1: token, 401, new token, 401. Record 2 (with that token): 401, token, 401.
+        server.script(
+            Reply(200, token), Reply(401, refused), Reply(200, token), Reply(401, refused)
+        )
+        server.script(Reply(401, refused), Reply(200, token), Reply(401, refused))
+        path = write_jsonl(tmp_path / "in.jsonl", records(2))
+        settings = scripted_settings(server.url, tmp_path)
+        result = await submit(settings, tmp_path, [path])
+        found = assert_each_once(result.out_dir, lines_of(path, 2))
+        assert len(found["failed"]) == 2
+        for line in found["failed"]:
+            assert (line["attempts"], line["http_status"]) == (2, 401)
+            assert line["reason"] == "401 again after a token refresh"
+        paths = [seen.path for seen in server.seen]
+        token_url, create_url = "/oauth/token", "/der/installation"
+        assert paths == [token_url, create_url] * 2 + [create_url, token_url, create_url]
+        summary = read_summary(result.out_dir)
+        assert (summary["token_refreshes"], summary["token_replays"]) == (3, 2)
+
+
+async def test_refused_credentials_stop_the_run_cleanly(tmp_path: Path) -> None:
+    """A wrong client secret: one token request, nothing sent, exit 3, every record not sent."""
+    async with asyncio.timeout(30):
+        path = write_jsonl(tmp_path / "in.jsonl", records(5))
+        wrong = "wrong-secret-5b1d0e"
+        async with Simulator(sim_settings()) as sim:
+            settings = run_settings(sim, tmp_path, client_secret=SecretStr(wrong))
+            result = await submit(settings, tmp_path, [path])
+            stats = sim.stats()
+        assert isinstance(result.aborted, CredentialsRefused)
+        assert result.exit_code == 3
+        # Refused credentials are not asked again: that could lock the account out.
+        assert stats["requests"] == {"oauth.token": {"401": 1}}
+        found = assert_each_once(result.out_dir, lines_of(path, 5))
+        assert len(found["failed"]) == 5
+        for line in found["failed"]:
+            assert line["reason"].startswith("not sent")
+            assert line["attempts"] == 0
+        summary = read_summary(result.out_dir)
+        assert summary["status"] == "aborted"
+        assert "refused the client credentials" in summary["abort_reason"]
+        assert (summary["not_sent"], summary["requests"]) == (5, 0)
+        for file in tmp_path.rglob("*"):
+            if file.is_file():
+                assert wrong.encode() not in file.read_bytes(), file

@@ -1,0 +1,237 @@
+"""`wem-der submit` and `resume` as an operator runs them: a subprocess, its exit code, its
+output files; stdin input, compression on the wire, refused credentials, Ctrl-C and resume."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline.simulator import FaultProfile, Simulator
+from tests.e2e import (
+    CLIENT_ID,
+    PARTICIPANT,
+    PYTHON,
+    SECRET,
+    Tap,
+    assert_each_once,
+    lines_of,
+    read_summary,
+    records,
+    sim_settings,
+    write_jsonl,
+)
+
+
+@dataclass(frozen=True)
+class Done:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def _environ() -> dict[str, str]:
+    # The operator's own WEMDER_* settings must not leak into a test run.
+    return {k: v for k, v in os.environ.items() if not k.startswith("WEMDER_")}
+
+
+@asynccontextmanager
+async def cli(args: Sequence[str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m pipeline ARGS`; killed if the test leaves before it ends."""
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "pipeline", *args, stdin=PIPE, stdout=PIPE, stderr=PIPE,
+        env=_environ(), cwd=cwd,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def run_cli(args: Sequence[str], cwd: Path, stdin: bytes = b"") -> Done:
+    async with cli(args, cwd) as proc:
+        out, err = await proc.communicate(stdin)
+        assert proc.returncode is not None
+        return Done(proc.returncode, out.decode(), err.decode())
+
+
+def endpoint_flags(sim: Simulator, tmp_path: Path, secret: str = SECRET) -> list[str]:
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text(secret + "\n", encoding="utf-8")
+    return [
+        "--base-url", sim.installation_url,
+        "--nmi-base-url", sim.nmi_url,
+        "--token-url", sim.token_url,
+        "--client-id", CLIENT_ID,
+        "--client-secret-file", str(secret_file),
+        "--participant-id", PARTICIPANT,
+        "--state-dir", str(tmp_path / "state"),
+        "--no-progress",
+        "--log-format", "json",
+    ]  # fmt: skip
+
+
+async def test_stdin_with_the_embedded_simulator(tmp_path: Path) -> None:
+    """`submit -` reads JSONL from stdin; a rejected record makes the exit code 1."""
+    async with asyncio.timeout(60):
+        recs = records(4)
+        recs[3].update(availablePhasesCount=1, installedPhasesCount=3)
+        data = b"".join(orjson.dumps(r) + b"\n" for r in recs)
+        out = tmp_path / "out"
+        args = ["submit", "-", "--out", str(out), "--state-dir", str(tmp_path / "state")]
+        done = await run_cli([*args, "--no-progress", "--log-format", "json"], tmp_path, data)
+        assert done.code == 1, done.stderr
+        found = assert_each_once(out, [("-", n, None) for n in range(1, 5)])
+        assert len(found["accepted"]) == 3
+        assert [line["source"] for line in found["rejected"]] == [{"path": "-", "line": 4}]
+        summary = read_summary(out)
+        assert (summary["accepted"], summary["rejected"], summary["status"]) == (3, 1, "finished")
+        assert summary["register"]["installations"] == 3  # the embedded simulator's count
+        assert "accepted" in done.stdout
+
+
+async def test_usage_and_configuration_errors_exit_2(tmp_path: Path) -> None:
+    """A missing input, or --insecure with the prod profile: exit 2, nothing run."""
+    async with asyncio.timeout(60):
+        out = tmp_path / "out"
+        missing = await run_cli(["submit", "nope.jsonl", "--out", str(out)], tmp_path)
+        assert missing.code == 2
+        assert "nope.jsonl" in missing.stderr
+        path = write_jsonl(tmp_path / "in.jsonl", records(1))
+        insecure = await run_cli(
+            ["submit", str(path), "--out", str(out), "--env", "prod", "--insecure"], tmp_path
+        )
+        assert insecure.code == 2
+        assert "production profile" in insecure.stderr
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "deflate", "none"])
+async def test_compression_on_the_wire(tmp_path: Path, tap: Tap, compression: str) -> None:
+    """gzip by default, deflate or none with --compression; always with a Content-Length."""
+    async with asyncio.timeout(60):
+        recs = records(3)
+        path = write_jsonl(tmp_path / "in.jsonl", recs)
+        flag = [] if compression == "gzip" else ["--compression", compression]
+        async with Simulator(sim_settings()) as sim:
+            args = ["submit", str(path), "--out", str(tmp_path / "out"), *flag]
+            done = await run_cli([*args, *endpoint_flags(sim, tmp_path)], tmp_path)
+        assert done.code == 0, done.stderr
+        writes = tap.writes()
+        assert len(writes) == 3
+        sent = {}
+        for exchange in writes:
+            headers = exchange.headers
+            assert exchange.raw is not None
+            assert headers.get("Content-Encoding") == (
+                None if compression == "none" else compression
+            )
+            assert headers["Content-Length"] == str(len(exchange.raw))
+            assert "Transfer-Encoding" not in headers
+            assert headers["Content-Type"] == "application/json"
+            assert headers["X-initiatingParticipantID"] == PARTICIPANT
+            sent[exchange.nmi] = exchange.decoded()
+        assert sent == {r["nmi"]: {"data": r} for r in recs}
+
+
+async def test_refused_credentials_exit_3_and_never_show_the_secret(tmp_path: Path) -> None:
+    """A wrong client secret: exit 3, and the secret is in no output, log or file."""
+    async with asyncio.timeout(60):
+        wrong = "cli-wrong-secret-93e1f4"
+        path = write_jsonl(tmp_path / "in.jsonl", records(3))
+        out = tmp_path / "out"
+        async with Simulator(sim_settings()) as sim:
+            flags = endpoint_flags(sim, tmp_path, secret=wrong)
+            done = await run_cli(["submit", str(path), "--out", str(out), *flags], tmp_path)
+            der = sim.stats()["der_requests_received"]
+        assert done.code == 3
+        assert "refused the client credentials" in done.stderr + done.stdout
+        assert der == 0
+        assert_each_once(out, lines_of(path, 3))
+        assert read_summary(out)["status"] == "aborted"
+        assert wrong not in done.stdout
+        assert wrong not in done.stderr
+        for file in tmp_path.rglob("*"):
+            if file.is_file() and file.name != "secret.txt":
+                assert wrong.encode() not in file.read_bytes(), file
+
+
+async def test_ctrl_c_then_resume(tmp_path: Path, tap: Tap) -> None:
+    """SIGINT mid-run: exit 3, the rest not sent; `resume RUN_ID` sends exactly the rest."""
+    async with asyncio.timeout(60):
+        recs = records(12)
+        path = write_jsonl(tmp_path / "in.jsonl", recs)
+        out = tmp_path / "out"
+        arrived = 0
+        held = asyncio.Event()
+        release = asyncio.Event()
+
+        async def latency(seconds: float) -> None:
+            # The simulator's latency: the first four answers at once, then every request
+            # waits until the test lets it go, so the run is mid-flight when it is stopped.
+            nonlocal arrived
+            arrived += 1
+            if arrived >= 6:
+                held.set()
+            if arrived >= 5:
+                await release.wait()
+
+        faults = FaultProfile(latency_ms=1)
+        async with Simulator(sim_settings(faults=faults), sleep=latency) as sim:
+            flags = endpoint_flags(sim, tmp_path)
+            args = ["submit", str(path), "--out", str(out), "--concurrency", "2", *flags]
+            async with cli(args, tmp_path) as proc:
+                assert proc.stdin is not None
+                assert proc.stderr is not None
+                proc.stdin.close()
+                await held.wait()  # two requests on the wire, four records done
+                proc.send_signal(signal.SIGINT)
+                while b"stopping" not in await proc.stderr.readline():
+                    pass
+                release.set()  # what is on the wire finishes
+                _, stderr = await proc.communicate()
+                code = proc.returncode
+            first = len(tap.exchanges)
+            summary = read_summary(out)
+            found = assert_each_once(out, lines_of(path, 12))
+
+            resumed = await run_cli(["resume", summary["run_id"], *flags], tmp_path)
+            stats = sim.stats()
+
+        assert code == 3, stderr
+        assert f"wem-der resume {summary['run_id']}" in stderr.decode()
+        assert first == 6
+        assert len(found["accepted"]) == 6
+        assert len(found["failed"]) == 6
+        assert all(line["reason"].startswith("not sent") for line in found["failed"])
+        assert (summary["status"], summary["not_sent"], summary["records"]) == (
+            "interrupted",
+            6,
+            12,
+        )
+
+        assert resumed.code == 0, resumed.stderr
+        after = assert_each_once(out, lines_of(path, 12))
+        assert len(after["accepted"]) == 12
+        assert after["failed"] == []
+        final = read_summary(out)
+        assert (final["status"], final["accepted"], final["records"]) == ("finished", 12, 12)
+        # The rest, and only the rest: one create each, nothing stored twice.
+        assert [(e.method, e.status) for e in tap.exchanges[first:]] == [("POST", 200)] * 6
+        assert {e.nmi for e in tap.exchanges[first:]} == {line["nmi"] for line in found["failed"]}
+        assert (stats["installations"], stats["installation_versions"]) == (12, 12)
+        # The lines of the first process are kept as they were.
+        kept = {line["nmi"]: line for line in found["accepted"]}
+        for line in after["accepted"]:
+            if line["nmi"] in kept:
+                assert line == kept[line["nmi"]]

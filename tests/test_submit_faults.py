@@ -1,0 +1,173 @@
+"""submit, end to end: outages and lost answers survived with nothing lost; a misconfigured
+client stops the run instead of burning the batch."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import Misconfigured
+from pipeline.simulator import FaultProfile, Simulator
+from tests.e2e import (
+    TOKEN_BODY,
+    FastClock,
+    Tap,
+    assert_each_once,
+    lines_of,
+    read_summary,
+    records,
+    run_settings,
+    scripted_settings,
+    sim_settings,
+    submit,
+    write_jsonl,
+)
+from tests.scripted import Reply, serve
+
+
+async def test_an_outage_is_survived_with_nothing_lost(tmp_path: Path, tap: Tap) -> None:
+    """Every request answered 503 from 1 s to 3 s: records back off, then all land, once."""
+    async with asyncio.timeout(30):
+        path = write_jsonl(tmp_path / "in.jsonl", records(40))
+        clock = FastClock(speed=20)
+        faults = FaultProfile(outages=((1.0, 3.0),))
+        sim_cfg = sim_settings(faults=faults, quota_count=10, quota_period_s=1)
+        async with Simulator(sim_cfg, clock=clock) as sim:
+            # Production-like backoff (in virtual seconds): a 2 s outage is well inside
+            # 20 attempts of up to 2 s each.
+            settings = run_settings(
+                sim,
+                tmp_path,
+                rate_limit="10/1s",
+                max_attempts=20,
+                base_delay_s=0.5,
+                max_delay_s=2.0,
+            )
+            result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
+            stats = sim.stats()
+            started = sim.state.started_at
+        found = assert_each_once(result.out_dir, lines_of(path, 40))
+        assert len(found["accepted"]) == 40
+        outage = [e for e in tap.exchanges if e.status == 503]
+        assert outage, "the run did not meet the outage"
+        assert all(1.0 <= e.at - started < 3.0 for e in outage)
+        assert any(e.at - started >= 3.0 for e in tap.exchanges), "the run ended in the outage"
+        # Nothing stored twice, nothing missing.
+        assert (stats["installations"], stats["installation_versions"]) == (40, 40)
+        assert stats["duplicate_creates"] == stats["creates_refused_existing"] == 0
+        assert stats["max_requests_in_window"] <= 10
+        summary = read_summary(result.out_dir)
+        assert summary["requests"] == stats["der_requests_received"] == 40 + len(outage)
+        retried = {e.nmi for e in outage}
+        for line in found["accepted"]:
+            assert (line["attempts"] > 1) == (line["nmi"] in retried)
+
+
+async def test_lost_answers_are_reconciled_without_duplicates(tmp_path: Path, tap: Tap) -> None:
+    """Dropped connections, some after the write landed: read back, never created twice."""
+    async with asyncio.timeout(30):
+        path = write_jsonl(tmp_path / "in.jsonl", records(40))
+        faults = FaultProfile(drop_rate=0.15, applied_then_dropped_rate=0.15)
+        async with Simulator(sim_settings(faults=faults, seed=3)) as sim:
+            result = await submit(run_settings(sim, tmp_path), tmp_path, [path])
+            stats = sim.stats()
+        found = assert_each_once(result.out_dir, lines_of(path, 40))
+        assert len(found["accepted"]) == 40
+        assert stats["applied_then_dropped"] > 0
+        assert stats["dropped"] > 0
+        assert (stats["installations"], stats["installation_versions"]) == (40, 40)
+        assert stats["duplicate_creates"] == stats["creates_refused_existing"] == 0
+        reads = [e for e in tap.exchanges if e.method == "GET"]
+        summary = read_summary(result.out_dir)
+        assert summary["reconciliations"] == len(reads) > 0
+        confirmed = [line for line in found["accepted"] if line["reason"]]
+        assert confirmed
+        for line in confirmed:
+            assert "confirmed by reading it back" in line["reason"]
+            # The transaction id is that of the read that confirmed it.
+            [read] = [e for e in reads if e.nmi == line["nmi"] and e.status == 200]
+            assert line["transaction_id"] == read.transaction_id
+
+
+async def test_a_404_on_create_stops_the_run(tmp_path: Path, tap: Tap) -> None:
+    """A wrong base URL: the first 404s stop the run; nothing else is sent; exit code 3."""
+    async with asyncio.timeout(10):
+        path = write_jsonl(tmp_path / "in.jsonl", records(30))
+        async with Simulator(sim_settings()) as sim:
+            settings = run_settings(sim, tmp_path, base_url=sim.installation_url + "/v9")
+            result = await submit(settings, tmp_path, [path])
+        assert isinstance(result.aborted, Misconfigured)
+        assert result.exit_code == 3
+        # At most the requests already on the wire when the first 404 came back.
+        assert 1 <= len(tap.exchanges) <= 4  # run_settings' concurrency
+        assert {e.status for e in tap.exchanges} == {404}
+        found = assert_each_once(result.out_dir, lines_of(path, 30))
+        assert len(found["failed"]) == 30
+        for line in found["failed"]:
+            assert line["reason"].startswith("not sent")
+        summary = read_summary(result.out_dir)
+        assert summary["status"] == "aborted"
+        assert "404 on a create" in summary["abort_reason"]
+        assert "--base-url" in summary["abort_reason"]
+        assert summary["not_sent"] == 30
+
+
+async def test_a_stop_does_not_wait_for_the_quota(tmp_path: Path, tap: Tap) -> None:
+    """An abort while workers wait a minute for the quota: they give up at once, unsent."""
+    async with asyncio.timeout(10):
+        path = write_jsonl(tmp_path / "in.jsonl", records(10))
+        async with Simulator(sim_settings()) as sim:
+            settings = run_settings(
+                sim, tmp_path, base_url=sim.installation_url + "/v9", rate_limit="2/60s"
+            )
+            result = await submit(settings, tmp_path, [path])
+        assert result.exit_code == 3
+        assert len(tap.exchanges) == 2
+        found = assert_each_once(result.out_dir, lines_of(path, 10))
+        assert len(found["failed"]) == 10
+
+
+@pytest.mark.parametrize("status", [405, 411, 415])
+async def test_a_misconfigured_client_stops_the_run(tmp_path: Path, status: int) -> None:
+    """405/411/415 after three accepted records: those stay recorded, the rest is not sent."""
+    async with asyncio.timeout(10), serve() as server:
+        server.script(Reply(200, TOKEN_BODY))
+        for n in range(3):
+            server.script(Reply(201, {"transactionId": f"txn-{n}", "data": {}}))
+        error = {"code": str(status), "title": "Misconfigured", "detail": "scripted"}
+        server.script(Reply(status, {"transactionId": "txn-bad", "errors": [error]}))
+        path = write_jsonl(tmp_path / "in.jsonl", records(10))
+        result = await submit(scripted_settings(server.url, tmp_path), tmp_path, [path])
+        assert isinstance(result.aborted, Misconfigured)
+        assert result.exit_code == 3
+        assert [s.path for s in server.seen] == ["/oauth/token"] + ["/der/installation"] * 4
+        found = assert_each_once(result.out_dir, lines_of(path, 10))
+        accepted = sorted(found["accepted"], key=lambda line: line["source"]["line"])
+        assert [line["transaction_id"] for line in accepted] == ["txn-0", "txn-1", "txn-2"]
+        assert [line["source"]["line"] for line in accepted] == [1, 2, 3]
+        assert len(found["failed"]) == 7
+        assert all(line["reason"].startswith("not sent") for line in found["failed"])
+        summary = read_summary(result.out_dir)
+        assert (summary["status"], summary["accepted"], summary["not_sent"]) == ("aborted", 3, 7)
+        assert summary["records"] == 10
+        assert f"HTTP {status}" in summary["abort_reason"]
+
+
+async def test_403_across_records_stops_the_run(tmp_path: Path, tap: Tap) -> None:
+    """A participant not entitled: two records rejected 403, the third stops the run."""
+    async with asyncio.timeout(10):
+        path = write_jsonl(tmp_path / "in.jsonl", records(10))
+        cfg = sim_settings(allowed_participants=frozenset({"SOMEONE-ELSE"}))
+        async with Simulator(cfg) as sim:
+            result = await submit(run_settings(sim, tmp_path, concurrency=1), tmp_path, [path])
+        assert isinstance(result.aborted, Misconfigured)
+        assert result.exit_code == 3
+        assert [e.status for e in tap.exchanges] == [403, 403, 403]
+        found = assert_each_once(result.out_dir, lines_of(path, 10))
+        assert [line["http_status"] for line in found["rejected"]] == [403, 403]
+        assert len(found["failed"]) == 8
+        summary = read_summary(result.out_dir)
+        assert "403 Forbidden on 3 records in a row" in summary["abort_reason"]
+        assert (summary["rejected"], summary["not_sent"], summary["requests"]) == (2, 8, 3)

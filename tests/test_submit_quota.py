@@ -1,0 +1,163 @@
+"""submit, end to end: the quota holds at the server under retries and replays, and a 429
+pauses every worker and lowers the rate."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.run import Hooks
+from pipeline.simulator import FaultProfile, Simulator
+from pipeline.simulator.faults import Action, FaultInjector
+from tests.e2e import (
+    FastClock,
+    Tap,
+    assert_each_once,
+    lines_of,
+    read_summary,
+    records,
+    run_settings,
+    sim_settings,
+    submit,
+    write_jsonl,
+)
+
+
+def seed_throttling(rate: float, wanted: Callable[[list[int]], bool], draws: int) -> int:
+    """A fault seed whose first `draws` requests are throttled at the indices `wanted` likes.
+
+    The simulator draws once per DER request, in arrival order, from `random.Random(seed)`
+    (FaultProfile's docstring), so the k-th request to arrive gets the k-th draw whichever
+    record it carries.
+    """
+    for seed in range(100_000):
+        injector = FaultInjector(FaultProfile(throttle_rate=rate), seed=seed, started_at=0.0)
+        hits = [i for i in range(draws) if injector.decide(0.0).action is Action.THROTTLE]
+        if wanted(hits):
+            return seed
+    raise AssertionError("no such seed")
+
+
+async def test_the_quota_holds_under_retries_and_token_replays(tmp_path: Path) -> None:
+    """40 per 0.5 s with 503s and a token revocation: no window over 40, no 429, all accepted."""
+    async with asyncio.timeout(30):
+        path = write_jsonl(tmp_path / "in.jsonl", records(45))
+        faults = FaultProfile(error_rate_503=0.15, revoke_tokens_at_s=(0.3,))
+        sim_cfg = sim_settings(faults=faults, quota_count=40, quota_period_s=0.5, seed=7)
+        async with Simulator(sim_cfg) as sim:
+            settings = run_settings(sim, tmp_path, rate_limit="40/0.5s", concurrency=16)
+            result = await submit(settings, tmp_path, [path])
+            stats = sim.stats()
+        found = assert_each_once(result.out_dir, lines_of(path, 45))
+        assert len(found["accepted"]) == 45
+        created = stats["requests"]["installation.create"]
+        # The load really was more than one window's worth, retries and replays included.
+        assert created["503"] > 0
+        assert created["401"] > 0
+        assert stats["der_requests_received"] == 45 + created["503"] + created["401"]
+        assert stats["der_requests_received"] > 40
+        assert stats["max_requests_in_window"] <= 40
+        assert stats["http_429"] == 0
+        assert stats["quota_refused"] == 0
+        summary = read_summary(result.out_dir)
+        assert summary["max_requests_in_window"] <= 40
+        assert summary["requests"] == stats["der_requests_received"]
+        assert summary["http_429"] == 0
+        # One revocation: one refresh beyond the first token, one replay per 401.
+        assert summary["token_refreshes"] == stats["tokens_issued"] == 2
+        assert summary["token_replays"] == created["401"]
+
+
+async def test_a_429_pauses_every_worker(tmp_path: Path, tap: Tap) -> None:
+    """After a 429 with Retry-After: 1, no new request starts for a second, on any worker."""
+    async with asyncio.timeout(30):
+        concurrency = 6
+        path = write_jsonl(tmp_path / "in.jsonl", records(40))
+        seed = seed_throttling(0.03, lambda hits: len(hits) == 1 and 2 <= hits[0] <= 8, 60)
+        faults = FaultProfile(throttle_rate=0.03, retry_after="seconds", retry_after_s=1)
+        clock = FastClock(speed=20)  # one second of Retry-After costs 50 ms
+        async with Simulator(sim_settings(faults=faults, seed=seed), clock=clock) as sim:
+            settings = run_settings(sim, tmp_path, concurrency=concurrency)
+            result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
+            stats = sim.stats()
+        found = assert_each_once(result.out_dir, lines_of(path, 40))
+        assert len(found["accepted"]) == 40
+        assert stats["http_429"] == 1 == read_summary(result.out_dir)["http_429"]
+        [throttled] = [e for e in tap.exchanges if e.status == 429]
+        assert throttled.headers.get("Content-Encoding") == "gzip"
+        t0 = throttled.at
+        during = [e for e in tap.exchanges if t0 < e.at < t0 + 1.0]
+        after = [e for e in tap.exchanges if e.at >= t0 + 1.0]
+        # Only requests already granted when the 429 came back may land in the pause;
+        # without a shared pause the other workers would send the rest of the file in it.
+        assert len(during) <= concurrency - 1
+        assert len(after) >= 40 - concurrency - 8
+        retried = [e for e in tap.exchanges if e.nmi == throttled.nmi]
+        assert [e.status for e in retried] == [429, 200]
+        assert retried[1].at >= t0 + 1.0
+
+
+async def test_a_429_lowers_the_rate(tmp_path: Path, tap: Tap) -> None:
+    """After a 429 the quota starts below COUNT and climbs back: 7 of 10 in the next 6 s."""
+    async with asyncio.timeout(30):
+        path = write_jsonl(tmp_path / "in.jsonl", records(12))
+        seed = seed_throttling(0.05, lambda hits: hits == [0], 40)
+        faults = FaultProfile(throttle_rate=0.05, retry_after="seconds", retry_after_s=1)
+        clock = FastClock(speed=40)  # the 20 s window costs half a second
+        sim_cfg = sim_settings(faults=faults, seed=seed, quota_count=10, quota_period_s=20)
+        async with Simulator(sim_cfg, clock=clock) as sim:
+            # 10 per 20 s: after the 429 the limit drops to 7 and gains one every 20/3 s.
+            settings = run_settings(sim, tmp_path, concurrency=3, rate_limit="10/20s")
+            result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
+            stats = sim.stats()
+        found = assert_each_once(result.out_dir, lines_of(path, 12))
+        assert len(found["accepted"]) == 12
+        assert stats["der_requests_received"] == 13
+        assert stats["max_requests_in_window"] <= 10
+        first = tap.exchanges[0]
+        assert first.status == 429
+        early = [e for e in tap.exchanges if e.at < first.at + 6.0]
+        # 3 sent before the 429 came back, 4 more when the pause ended (limit 7), none until
+        # the limit rises at +6.7 s. At the full limit of 10 there would have been 10.
+        assert len(early) == 7
+        paused = [e for e in early if first.at < e.at < first.at + 1.0]
+        assert len(paused) <= 2
+
+
+async def test_a_stop_during_a_long_retry_after_ends_the_run_at_once(
+    tmp_path: Path, tap: Tap
+) -> None:
+    """Ctrl-C while every worker waits out a 300 s Retry-After: nothing more is sent."""
+    async with asyncio.timeout(10):
+        path = write_jsonl(tmp_path / "in.jsonl", records(10))
+        seed = seed_throttling(0.05, lambda hits: hits == [0], 40)
+        faults = FaultProfile(throttle_rate=0.05, retry_after="seconds", retry_after_s=300)
+        hooks = Hooks()
+        long_waits: list[float] = []
+        sent_at_stop: list[int] = []
+
+        async def sleep(seconds: float) -> None:
+            # Called for the throttled record's retry wait and for the quota's pause: once
+            # both are waiting (the record that got the 429, and another worker held by
+            # the pause), press Ctrl-C.
+            if seconds > 100:
+                long_waits.append(seconds)
+                if len(long_waits) == 2:
+                    sent_at_stop.append(len(tap.exchanges))
+                    hooks.stop.set()
+            await asyncio.sleep(seconds)
+
+        async with Simulator(sim_settings(faults=faults, seed=seed)) as sim:
+            settings = run_settings(sim, tmp_path, concurrency=2)
+            result = await submit(settings, tmp_path, [path], hooks=hooks, sleep=sleep)
+        assert len(long_waits) == 2
+        assert len(tap.exchanges) == sent_at_stop[0]
+        found = assert_each_once(result.out_dir, lines_of(path, 10))
+        assert len(found["accepted"]) == len(tap.exchanges) - 1
+        assert len(found["failed"]) == 10 - len(found["accepted"])
+        assert all(line["reason"].startswith("not sent") for line in found["failed"])
+        summary = read_summary(result.out_dir)
+        assert summary["status"] == "interrupted"
+        assert summary["not_sent"] == len(found["failed"])
+        assert result.exit_code == 3
