@@ -19,6 +19,7 @@ import platform
 import secrets
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from pipeline.samples import installations
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 PYTHON = sys.executable
+LAUNCHER = REPO / "benchmarks" / "_launch.py"
 # `python -m pipeline` is the `wem-der` console script, without depending on PATH.
 WEM_DER = (PYTHON, "-m", "pipeline")
 CLIENT_ID = "bench-client"
@@ -188,7 +190,7 @@ class Measured:
     command: list[str]
     returncode: int
     started_at: float  # time.monotonic() just before the spawn
-    ended_at: float  # time.monotonic() when its exit was seen (polled every 5 ms)
+    ended_at: float  # time.monotonic() when wait4 returned
     user_s: float
     sys_s: float
     maxrss_mb: float
@@ -215,53 +217,50 @@ def run_measured(
     env: dict[str, str] | None = None,
     check: bool = True,
 ) -> Measured:
-    """Run `command` to its end and return what it cost, read with wait4 from the kernel.
+    """Run `command` to its end and return what it cost, as the kernel accounted it.
 
-    Its output goes to files (never a pipe that could fill and stall it). Killed, and
-    BenchError raised, after `timeout_s`; with `check`, a non-zero exit raises too.
+    It runs under `benchmarks/_launch.py`, which forks and execs it and reads its cost
+    with wait4, so its peak RSS is its own and not this process's (see there). Its output
+    goes to files (never a pipe that could fill and stall it). Killed, and BenchError
+    raised, after `timeout_s`; with `check`, a non-zero exit raises too.
     """
     cmd = [str(part) for part in command]
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(stdout.open("wb")) if stdout else subprocess.DEVNULL
-        err = stack.enter_context(stderr.open("wb")) if stderr else subprocess.DEVNULL
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-        )
-        deadline = started + timeout_s
-        timed_out = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                ended = time.monotonic()
-                break
-            if time.monotonic() > deadline:
-                proc.kill()  # this child only, by its pid
-                pid, status, usage = os.wait4(proc.pid, 0)
-                ended, timed_out = time.monotonic(), True
-                break
-            time.sleep(0.005)
-    code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code  # reaped here: Popen must not wait for it again
+    with tempfile.TemporaryDirectory(prefix="wem-der-bench-launch-") as scratch:
+        report = Path(scratch) / "report.json"
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(stdout.open("wb")) if stdout else subprocess.DEVNULL
+            err = stack.enter_context(stderr.open("wb")) if stderr else subprocess.DEVNULL
+            proc = subprocess.Popen(
+                [PYTHON, "-S", str(LAUNCHER), str(report), str(timeout_s), *cmd],
+                cwd=cwd,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,  # its own group: the backstop below ends it whole
+            )
+            try:
+                proc.wait(timeout=timeout_s + 60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the group this call started, by its id
+                proc.wait(timeout=60)
+        if proc.returncode != 0 or not report.exists():
+            raise BenchError(f"the launcher failed ({proc.returncode}) running: {' '.join(cmd)}")
+        cost = orjson.loads(report.read_bytes())
     measured = Measured(
         command=cmd,
-        returncode=code,
-        started_at=started,
-        ended_at=ended,
-        user_s=usage.ru_utime,
-        sys_s=usage.ru_stime,
-        maxrss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        returncode=cost["returncode"],
+        started_at=cost["started_at"],
+        ended_at=cost["ended_at"],
+        user_s=cost["user_s"],
+        sys_s=cost["sys_s"],
+        maxrss_mb=cost["maxrss_kib"] / 1024,
     )
-    if timed_out:
+    if cost["timed_out"]:
         raise BenchError(f"timed out after {timeout_s:.0f} s and killed: {' '.join(cmd)}")
-    if check and code != 0:
+    if check and measured.returncode != 0:
         where = f"; its stderr is in {stderr}" if stderr else ""
-        raise BenchError(f"exit code {code} from: {' '.join(cmd)}{where}")
+        raise BenchError(f"exit code {measured.returncode} from: {' '.join(cmd)}{where}")
     return measured
 
 

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import hashlib
 import shutil
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator

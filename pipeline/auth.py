@@ -74,7 +74,7 @@ class TokenProvider:
         self._lock = asyncio.Lock()
         self._token: SecretStr | None = None
         self._refresh_at = float("-inf")
-        self._refused: RunAborted | None = None
+        self._failed: RunAborted | None = None
         self.refreshes = 0
 
     def __repr__(self) -> str:
@@ -101,14 +101,23 @@ class TokenProvider:
             self._refresh_at = float("-inf")
 
     def _current(self) -> str | None:
-        if self._refused is not None:
-            # Asking again with refused credentials only risks locking the account out.
-            raise type(self._refused)(*self._refused.args)
+        if self._failed is not None:
+            # One verdict for every worker: asking again with refused credentials only
+            # risks locking the account out, and a token endpoint that is down for one
+            # worker's whole retry budget must not be retried by each of the others in turn.
+            raise type(self._failed)(*self._failed.args)
         if self._token is None or self._clock() >= self._refresh_at:
             return None
         return self._token.get_secret_value()
 
     async def _refresh(self) -> str:
+        try:
+            return await self._fetch()
+        except RunAborted as exc:
+            self._failed = exc
+            raise
+
+    async def _fetch(self) -> str:
         attempt = 0
         while True:
             attempt += 1
@@ -127,9 +136,6 @@ class TokenProvider:
                 delay = self._rng.uniform(0.0, cap)
                 log.warning("auth.retry_scheduled", attempt=attempt, reason=str(exc), delay_s=delay)
                 await self._sleep(delay)
-            except CredentialsRefused as exc:
-                self._refused = exc
-                raise
         # A lifetime shorter than the margin would refresh on every call: cap the margin.
         margin = min(self._margin_s, lifetime_s / 2)
         self._token = SecretStr(token)

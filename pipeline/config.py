@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
@@ -70,6 +71,8 @@ class Settings(BaseModel):
 
     allow_unknown_fields: bool = False
     enumerations_file: Path | None = None
+    # Unless given, `.wem-der/<register>` (see `register_scope`): what one register has
+    # accepted says nothing about another, so each keeps its own ledger.
     state_dir: Path = Path(".wem-der")
 
     def secret_free(self) -> dict[str, Any]:
@@ -88,6 +91,17 @@ def is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def register_scope(settings: Settings) -> str:
+    """A directory name for the register a run talks to: `local-simulator`, or its API host
+    and path (`partner.api.preprod.aemo.com.au-v2-der-register`)."""
+    if settings.embedded_simulator and not settings.base_url:
+        return "local-simulator"
+    parts = urlsplit(settings.base_url or settings.nmi_base_url or "")
+    # The port is left out: a simulator restarted on another port is the same register.
+    raw = f"{parts.hostname or 'unknown'}{parts.path}"
+    return re.sub(r"[^A-Za-z0-9.]+", "-", raw).strip("-").lower()
 
 
 def _profile_text(env: str, config_dir: Path | None) -> str:
@@ -157,6 +171,16 @@ def load_settings(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
+    if "state_dir" not in merged:
+        settings = settings.model_copy(
+            update={
+                "state_dir": Settings.model_fields["state_dir"].default / register_scope(settings)
+            }
+        )
+    # `production` is the profile's to say: an environment variable (WEMDER_PRODUCTION=false)
+    # or a flag must not lower it, or it would let --insecure through against production.
+    if profile.get("production") is True and not settings.production:
+        settings = settings.model_copy(update={"production": True})
     if settings.production and settings.insecure:
         raise ConfigError(
             f"profile {env!r} is a production profile: certificate verification cannot be"

@@ -118,11 +118,24 @@ def _iso_date(value: str) -> str:
     return value
 
 
+def json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for messages an operator reads ("null", not
+    "NoneType")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    names = {str: "string", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _number(value: object) -> int | float:
     # int stays int and float stays float, so a record dumps back exactly as it was read;
     # bool is an int to Python but never a number to AEMO.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a number, got {type(value).__name__}")
+        raise ValueError(f"expected a number, got {json_type(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("expected a finite number")
     return value
@@ -372,7 +385,7 @@ def validate_record(
     they are kept and sent as given.
     """
     if not isinstance(obj, dict):
-        return [FieldIssue("(record)", f"expected a JSON object, got {type(obj).__name__}")]
+        return [FieldIssue("(record)", f"expected a JSON object, got {json_type(obj)}")]
     context = {"enumerations": enumerations or bundled_enumerations()}
     try:
         model = MODELS[kind].model_validate(obj, context=context)

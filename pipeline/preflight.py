@@ -25,6 +25,9 @@ class Preflight:
         """A record ready to send, or the `invalid` outcome that says why it is not."""
         if item.error is not None:
             return invalid(self.kind, item, [FieldIssue("(record)", item.error)])
+        wrapper = _wrapper_issue(item.value)
+        if wrapper is not None:
+            return invalid(self.kind, item, [wrapper])
         result = validate_record(
             item.value, self.kind, allow_unknown=self.allow_unknown, enumerations=self.enumerations
         )
@@ -41,9 +44,31 @@ class Preflight:
         )
 
 
+def _wrapper_issue(value: object) -> FieldIssue | None:
+    """A `data` key left after reading: a wrapper with company, or a wrapper wrapped again.
+
+    Reading removes a `{"data": {...}}` wrapper only when `data` is its one key (sources.py).
+    Neither record kind has a `data` field, so without this the record would be refused as
+    "nmi: required field is missing" while its NMI sits plainly inside `data`.
+    """
+    if not isinstance(value, dict) or "data" not in value:
+        return None
+    others = sorted(key for key in value if key != "data")
+    if others:
+        return FieldIssue(
+            "data",
+            'a record wrapped as {"data": {...}} can have no other keys beside "data"; found '
+            + ", ".join(repr(key) for key in others),
+        )
+    return FieldIssue("data", 'the record is wrapped in "data" twice; wrap it once')
+
+
 def nmi_of(value: object) -> str | None:
     """The NMI of a record that may be malformed, for the outcome line."""
     if isinstance(value, dict):
+        inner = value.get("data")
+        if "nmi" not in value and isinstance(inner, dict):
+            value = inner  # a wrapper refused by `_wrapper_issue`: its NMI is inside
         nmi = value.get("nmi")
         if isinstance(nmi, str):
             return nmi

@@ -334,8 +334,8 @@ def _quota_text(quota: dict[str, Any]) -> str:
         f"quota use: {quota['attempts']} write attempts; quota {count} per {period:g} s;"
         f" fullest {period:g} s window {quota['fullest_window']}"
         f" ({100 * quota['fullest_window'] / count:.1f}% of the quota)\n"
-        "  (times are when each attempt began, before its wait for the quota; read-backs"
-        " are not counted: the run summary's requests are)"
+        "  (an attempt counts when it began, before its wait for the quota; read-backs are\n"
+        "  not counted here: the run summary's requests and fullest window count them)"
     )
     if not quota["windows"]:
         return head

@@ -107,6 +107,26 @@ def default_concurrency(count: int, period_s: float) -> int:
     return max(4, min(256, math.ceil(count / period_s)))
 
 
+def check_endpoints(settings: Settings, kind: RecordKind) -> None:
+    """Refuse, before anything starts, a run whose register settings are incomplete."""
+    if settings.embedded_simulator and not settings.base_url:
+        return
+    needed = {
+        "token_url": "--token-url / WEMDER_TOKEN_URL",
+        "client_id": "--client-id / WEMDER_CLIENT_ID",
+        "client_secret": "WEMDER_CLIENT_SECRET / --client-secret-file",
+        "participant_id": "--participant-id / WEMDER_PARTICIPANT_ID",
+        ("base_url" if kind is RecordKind.INSTALLATION else "nmi_base_url"): (
+            "--base-url / WEMDER_BASE_URL"
+            if kind is RecordKind.INSTALLATION
+            else "--nmi-base-url / WEMDER_NMI_BASE_URL"
+        ),
+    }
+    missing = [how for name, how in needed.items() if getattr(settings, name) is None]
+    if missing:
+        raise ConfigError(f"profile {settings.env!r} needs: {', '.join(missing)}")
+
+
 @contextlib.asynccontextmanager
 async def endpoints(settings: Settings, kind: RecordKind) -> AsyncIterator[Endpoints]:
     """The embedded simulator (the `local` default), or the configured AEMO endpoints."""
@@ -133,20 +153,7 @@ async def endpoints(settings: Settings, kind: RecordKind) -> AsyncIterator[Endpo
                 simulator=sim,
             )
         return
-    needed = {
-        "token_url": "--token-url / WEMDER_TOKEN_URL",
-        "client_id": "--client-id / WEMDER_CLIENT_ID",
-        "client_secret": "WEMDER_CLIENT_SECRET / --client-secret-file",
-        "participant_id": "--participant-id / WEMDER_PARTICIPANT_ID",
-        ("base_url" if kind is RecordKind.INSTALLATION else "nmi_base_url"): (
-            "--base-url / WEMDER_BASE_URL"
-            if kind is RecordKind.INSTALLATION
-            else "--nmi-base-url / WEMDER_NMI_BASE_URL"
-        ),
-    }
-    missing = [how for name, how in needed.items() if getattr(settings, name) is None]
-    if missing:
-        raise ConfigError(f"profile {settings.env!r} needs: {', '.join(missing)}")
+    check_endpoints(settings, kind)
     assert settings.token_url and settings.client_id and settings.client_secret  # noqa: PT018
     assert settings.participant_id  # checked just above; narrows for the type checker
     yield Endpoints(
@@ -168,14 +175,21 @@ def _warn_insecure(settings: Settings, ep: Endpoints) -> None:
 
 
 def _prepare(settings: Settings, plan: RunPlan, resume: bool) -> Path:
-    """Create the state and outcome directories (owner only) and, for a new run, `run.json`."""
-    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create the outcome directory (owner only) and, for a new run, `run.json`.
+
+    The state directory is the ledger's to create: it says clearly when it cannot.
+    """
     out_dir = Path(plan.out_dir)
     if not resume:
-        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_json_atomic(
-            out_dir / "run.json", plan.as_json() | {"settings": settings.secret_free()}
-        )
+        try:
+            out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_json_atomic(
+                out_dir / "run.json", plan.as_json() | {"settings": settings.secret_free()}
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the outcome directory {out_dir}: {exc.strerror}; check --out"
+            ) from exc
     return out_dir
 
 
@@ -273,6 +287,7 @@ async def execute(
     `clock` and `sleep` drive the quota, the retry waits and the token's expiry; tests
     inject them so that a Retry-After or a quota window passes without the wall clock.
     """
+    check_endpoints(settings, plan.kind)
     out_dir = _prepare(settings, plan, resume)
     started_wall = datetime.now(UTC)
     started = time.monotonic()

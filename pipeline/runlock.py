@@ -21,8 +21,13 @@ LOCK_FILE = ".lock"
 @contextlib.contextmanager
 def run_lock(out_dir: Path, run_id: str) -> Iterator[None]:
     """Hold the lock of `out_dir` for the block; ConfigError if another process holds it."""
-    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use the outcome directory {out_dir}: {exc.strerror}; check its permissions"
+        ) from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

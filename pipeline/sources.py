@@ -19,6 +19,7 @@ input does not stall the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import sys
@@ -26,7 +27,7 @@ import threading
 import zlib
 from collections.abc import AsyncGenerator, Generator, Iterable, Iterator, Sequence
 from itertools import chain, islice
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -298,7 +299,46 @@ def _decode(data: bytes, ref: SourceRef, *, line: int, column: int, offset: int)
     # The Installation API's body is {"data": {...}}; the wrapper is not part of the record.
     if isinstance(value, dict) and len(value) == 1 and "data" in value:
         value = value["data"]
+    ambiguity = _ambiguity(data, value)
+    if ambiguity is not None:
+        return SourceItem(ref, value=value, error=ambiguity)
     return SourceItem(ref, value=value)
+
+
+class _DuplicateKey(Exception):
+    """An object names the same key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _ambiguity(data: bytes, value: object) -> str | None:
+    """Why `value` (orjson's reading of `data`) is not what `data` says, if it is not.
+
+    orjson accepts two things silently that would send something other than what the file
+    says: an object that names a key twice (it keeps the last value, so which one was meant
+    is a guess, and for `nmi` it decides which installation is changed) and an integer
+    beyond 64 bits (it becomes a float, and loses digits). The standard library's parser
+    tells both; it reads only bytes orjson has accepted, for about 10 us a record.
+    """
+    try:
+        exact = json.loads(data, object_pairs_hook=_unique_keys)
+        if isinstance(exact, dict) and len(exact) == 1 and "data" in exact:
+            exact = exact["data"]
+        same = exact == value
+    except _DuplicateKey as exc:
+        return f"duplicate key {exc.args[0]!r} in one object; which value is meant is unclear"
+    except RecursionError:
+        return "nested too deeply to be checked"
+    return None if same else "an integer beyond 64 bits, which cannot be sent exactly"
 
 
 def _reason(

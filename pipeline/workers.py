@@ -302,6 +302,11 @@ class Submitter:
                         transaction_id=_transaction_id(answer),
                     )
                     last = answer
+                    if answer.status != 401:
+                        # The register took the refreshed token. A later 401 (the token
+                        # revoked again while this record waited to retry) is news that
+                        # earns its own refresh and replay, not "401 again after a refresh".
+                        replayed = False
                     step = self._after(rec, answer, action, replayed, token)
                     if step is None:
                         return self._success(

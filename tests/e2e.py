@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import gzip
+import os
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,6 +286,59 @@ def install_tap(monkeypatch: pytest.MonkeyPatch) -> Tap:
     return recorded
 
 
+# -- the command line ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Done:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def clean_environ() -> dict[str, str]:
+    # The operator's own WEMDER_* settings must not leak into a test run.
+    return {k: v for k, v in os.environ.items() if not k.startswith("WEMDER_")}
+
+
+@asynccontextmanager
+async def cli(args: Sequence[str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m pipeline ARGS`; killed if the test leaves before it ends."""
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "pipeline", *args, stdin=PIPE, stdout=PIPE, stderr=PIPE,
+        env=clean_environ(), cwd=cwd,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def run_cli(args: Sequence[str], cwd: Path, stdin: bytes = b"") -> Done:
+    async with cli(args, cwd) as proc:
+        out, err = await proc.communicate(stdin)
+        assert proc.returncode is not None
+        return Done(proc.returncode, out.decode(), err.decode())
+
+
+def endpoint_flags(sim: Simulator, tmp_path: Path, secret: str = SECRET) -> list[str]:
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text(secret + "\n", encoding="utf-8")
+    return [
+        "--base-url", sim.installation_url,
+        "--nmi-base-url", sim.nmi_url,
+        "--token-url", sim.token_url,
+        "--client-id", CLIENT_ID,
+        "--client-secret-file", str(secret_file),
+        "--participant-id", PARTICIPANT,
+        "--state-dir", str(tmp_path / "state"),
+        "--no-progress",
+        "--log-format", "json",
+    ]  # fmt: skip
+
+
 # -- time -----------------------------------------------------------------------------------
 
 
@@ -303,6 +359,25 @@ class FastClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+
+class JumpClock:
+    """Virtual time that moves only when someone sleeps: `sleep(d)` moves it d ahead at once.
+
+    Load on the machine cannot skew it, so counts per window are exact. It suits tests of
+    how long the client waits; where the question is what *other* workers do while one
+    waits, use `FastClock`, since here the waiter's own jump would let them run "later".
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
 
 
 async def no_wait(seconds: float) -> None:

