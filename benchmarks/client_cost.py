@@ -28,6 +28,7 @@ import pstats
 import re
 import statistics
 import sys
+from collections.abc import Sequence
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ CHILD = (PYTHON, "-m", "benchmarks._cpu_child")
 
 def _run(
     role: str, sim: SimProcess, source: Path, records: int, concurrency: int, directory: Path,
-    tag: str, profile: Path | None = None,
+    tag: str, profile: Path | None = None, extra: Sequence[str] = (),
 ) -> dict[str, Any]:  # fmt: skip
     sim.reset()
     result = directory / f"{tag}.json"
@@ -77,7 +78,7 @@ def _run(
         command += [
             "--", "submit", str(source), "--out", str(directory / f"{tag}-out"),
             "--state-dir", str(directory / f"{tag}-state"), "--rate-limit", "1000000/1s",
-            "--concurrency", str(concurrency), *sim.wem_der_flags(),
+            "--concurrency", str(concurrency), *sim.wem_der_flags(), *extra,
         ]  # fmt: skip
     try:
         process = run_measured(
@@ -102,6 +103,10 @@ def _run(
         "maxrss_mb": process.maxrss_mb,
         "run_cpu_per_1000": inner["cpu_s"] / records * 1000,
         "process_cpu_per_1000": process.cpu_s / records * 1000,
+        # wem-der only: CPU by thread ("main", "wem-der-ledger", "asyncio" for the reader).
+        "threads_cpu_per_1000": {
+            name: cpu / records * 1000 for name, cpu in inner.get("threads_cpu_s", {}).items()
+        },
     }
 
 
@@ -136,7 +141,7 @@ def hot_spots(profile: Path, limit: int = 25) -> str:
     total = sum(t for _, t in areas) or 1.0
     lines = [f"{t:8.3f} s {t / total:6.1%}  {name}" for name, t in areas[:limit]]
     out = StringIO()
-    out.write("own time by area (main thread):\n" + "\n".join(lines) + "\n\n")
+    out.write("own CPU time by area (main thread):\n" + "\n".join(lines) + "\n\n")
     stats = pstats.Stats(str(profile), stream=out)
     stats.strip_dirs().sort_stats("tottime").print_stats(limit)
     stats.sort_stats("cumulative").print_stats(limit)
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs: list[dict[str, Any]] = []
     profile_text = ""
+    diagnosis: dict[str, Any] = {}
     with workdir("cost", keep=args.keep) as directory, simulator(directory / "sim") as sim:
         source = write_installations(directory / "records.jsonl", args.records)
         for round_no in range(args.rounds):
@@ -180,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                 profile=profile,
             )  # fmt: skip
             profile_text = hot_spots(profile)
+            print("wem-der without compression ...", file=sys.stderr, flush=True)
+            plain = _run(
+                "wem-der", sim, source, args.records, args.concurrency, directory, "plain",
+                extra=("--compression", "none"),
+            )  # fmt: skip
+            diagnosis["no_compression_run_cpu_per_1000"] = plain["run_cpu_per_1000"]
 
     headers = [
         "client", "runs", "run CPU s/1000", "process CPU s/1000", "run wall s", "records/s",
@@ -203,8 +215,25 @@ def main(argv: list[str] | None = None) -> int:
         f"\nwem-der / floor: {ratio:.2f}x run CPU ({verdict} the goal of <= {GOAL_RATIO}x),"
         f" {process_ratio:.2f}x process CPU"
     )
+    threads = {
+        name: statistics.median(r["threads_cpu_per_1000"].get(name, 0.0) for r in ours)
+        for name in sorted({n for r in ours for n in r["threads_cpu_per_1000"]})
+    }
+    threads = {name: cpu for name, cpu in threads.items() if cpu >= 0.0005}
+    diagnosis["threads_run_cpu_per_1000"] = threads
+    print(
+        "wem-der run CPU by thread, s/1000: "
+        + ", ".join(
+            f"{name} {cpu:.3f}" for name, cpu in sorted(threads.items(), key=lambda i: -i[1])
+        )
+    )
+    if "no_compression_run_cpu_per_1000" in diagnosis:
+        print(
+            "wem-der --compression none: "
+            f"{diagnosis['no_compression_run_cpu_per_1000']:.3f} run CPU s/1000 (one run)"
+        )
     if profile_text:
-        print("\nwem-der hot spots (cProfile, main thread only):\n" + profile_text)
+        print("\nwem-der hot spots (cProfile on the main thread's CPU clock):\n" + profile_text)
     path = write_result(
         "client_cost",
         {
@@ -215,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_run_cpu": ratio,
             "ratio_process_cpu": process_ratio,
             "runs": runs,
+            "diagnosis": diagnosis,
             "profile": profile_text or None,
-            "cpu_count": os.cpu_count(),
         },
     )
     print(f"written {path}")

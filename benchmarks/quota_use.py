@@ -22,9 +22,10 @@ mean of that spacing without a fence-post error, however bursty the client: 1.0 
 whole quota is used, 0.98 that 2 % of it is left unused.
 
 Also reported: 429s and the fullest window (the simulator's exact sliding maximum), and
-`closest` = min over i >= C of t[i + C] - t[i] - P, how near the tightest moment came to
-a refusal (negative would mean a window over the quota). Goal: use >= 0.98, no 429s, the
-fullest window <= COUNT.
+`closest` = min over all i of t[i + C] - t[i] - P, how near the tightest moment came to a
+refusal (negative would mean a window over the quota; wem-der's limiter keeps its window
+`quota_margin_s`, 100 ms, longer than PERIOD to absorb delay between grant and arrival).
+Goal: use >= 0.98, no 429s, the fullest window <= COUNT.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def quota_use(arrivals: list[float], count: int, period_s: float) -> dict[str, A
         )
     t = arrivals
     span = t[k * count] - t[count]
-    spacing = [t[i + count] - t[i] for i in range(count, n - count)]
+    spacing = [t[i + count] - t[i] for i in range(n - count)]
     first_window = sum(1 for x in t if x < t[0] + period_s)
     return {
         "requests": n,

@@ -155,6 +155,13 @@ class TokenProvider:
                 allow_redirects=False,
             ) as response:
                 answer = parse_answer(response.status, await response.read(), response.headers)
+        except aiohttp.ClientSSLError as exc:
+            # A certificate the server or we cannot accept is set-up, not weather:
+            # retrying it only delays the message that says which file to check.
+            raise Misconfigured(
+                f"TLS with the token endpoint {self._token_url} failed ({exc}); check"
+                " --ca-file, --client-cert and --client-key"
+            ) from None
         except _TRANSIENT as exc:
             raise _Transient(f"{type(exc).__name__} {exc}".strip()) from exc
         return self._read(answer)

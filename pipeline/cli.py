@@ -104,9 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continue a stopped or killed run into the same outcome directory. "
         "Records with a final outcome are not sent again; records whose request was on the "
         "wire when the run died are first read back from the register and sent only if it "
-        "lacks them. " + reuse,
+        "lacks them. " + reuse + " The inputs, --out, --kind and --force of `submit` may "
+        "be repeated; they must then be the run's.",
     )
     p.add_argument("run", metavar="RUN_ID|DIR")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="(optional) the run's inputs")
+    p.add_argument("--out", type=Path, help="(optional) the run's outcome directory")
+    p.add_argument("--kind", choices=["installation", "nmi"], help="(optional) the run's kind")
+    p.add_argument("--force", action="store_true", default=None, help="(optional) as the run")
     _settings_flags(p)
     _output_flags(p)
 
@@ -242,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = _first_leaf(matched)
         print(f"wem-der: {first}", file=sys.stderr)
         return first.exit_code
-    except KeyboardInterrupt:
-        print("wem-der: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # A second Ctrl-C cancels the run at once: writes still on the wire stay "in
+        # flight" in the ledger, and `resume` reads them back before sending anything.
+        print("wem-der: stopped at once; `wem-der resume RUN_ID` finishes the run", file=sys.stderr)
         return 3

@@ -119,9 +119,14 @@ def _finish(result: RunResult) -> int:
 
 
 def _run_file(ref: str) -> dict[str, Any] | None:
-    """The `run.json` of an outcome directory, when `ref` names one."""
+    """The `run.json` of an outcome directory, when `ref` names one; None for a run id."""
     path = Path(ref) / "run.json"
     if not path.is_file():
+        if Path(ref).is_dir() or "/" in ref:
+            raise ConfigError(
+                f"{ref} holds no run.json, so it is not the outcome directory of a run (a run"
+                " killed before it wrote run.json sent nothing: submit again)"
+            )
         return None
     try:
         found = orjson.loads(path.read_bytes())
@@ -132,46 +137,90 @@ def _run_file(ref: str) -> dict[str, Any] | None:
     return dict(found)
 
 
-def _ledger_path(args: argparse.Namespace, found: dict[str, Any] | None) -> Path:
-    """The ledger of a run: --state-dir if given, else where the run recorded it, else the
-    profile's; an error rather than a new empty ledger when there is none."""
+def _ledgers(args: argparse.Namespace, found: dict[str, Any] | None) -> list[Path]:
+    """Where a run's ledger may be, most likely first.
+
+    --state-dir if given; else where the run recorded it (its run.json); else the ledger of
+    the register that the profile and flags name, then those of the other registers under
+    the default state directory (each register has its own, see `register_scope`).
+    """
     flag = getattr(args, "state_dir", None)
     recorded = (found or {}).get("settings", {}).get("state_dir")
     if flag is not None:
-        state_dir = Path(flag)
-    elif recorded:
-        state_dir = Path(recorded)
-    else:
-        state_dir = settings_from(args).state_dir
-    path = state_dir / LEDGER_FILE
+        return [Path(flag).absolute() / LEDGER_FILE]
+    if recorded:
+        return [Path(recorded) / LEDGER_FILE]
+    state_dir = settings_from(args).state_dir
+    root = Settings.model_fields["state_dir"].default.absolute()
+    candidates = [state_dir / LEDGER_FILE]
+    if state_dir.parent == root:
+        candidates += sorted(set(root.glob(f"*/{LEDGER_FILE}")) - set(candidates))
+    return candidates
+
+
+def _ledger_path(args: argparse.Namespace, found: dict[str, Any] | None) -> Path:
+    """The one ledger to read; an error, rather than a new empty ledger, when there is none."""
+    candidates = _ledgers(args, found)
+    existing = [path for path in candidates if path.is_file()]
     # A run killed before it made its ledger sent nothing: `resume DIR` may start it.
-    if not path.is_file() and not (found and getattr(args, "command", None) == "resume"):
+    if found and getattr(args, "command", None) == "resume":
+        return candidates[0]
+    if candidates[0] in existing or len(existing) == 1:
+        return existing[0]
+    if not existing:
         raise ConfigError(
-            f"no ledger at {path}: pass --state-dir as given to the run, or its outcome directory"
+            f"no ledger at {candidates[0]}: pass --state-dir as given to the run, or the"
+            " run's outcome directory"
         )
-    return path
+    raise ConfigError(
+        f"several ledgers, one per register: {', '.join(map(str, existing))}; pick one with"
+        " --state-dir"
+    )
 
 
 async def _find_run(args: argparse.Namespace, ref: str) -> tuple[dict[str, Any], Path]:
     """A run's `run.json` (plan and settings), from its outcome directory or its id, and
     the path of its ledger."""
     found = _run_file(ref)
-    if found is None and (Path(ref).is_dir() or "/" in ref):
-        raise ConfigError(
-            f"{ref} holds no run.json, so it is not the outcome directory of a run (a run"
-            " killed before it wrote run.json sent nothing: submit again)"
-        )
-    path = _ledger_path(args, found)
     if found is not None:
-        return found, path
-    async with Ledger(path) as ledger:
-        row = await ledger.get_run(ref)
-    if row is None:
-        raise ConfigError(f"no run {ref!r} in {path}, and no directory {ref}/run.json")
-    plan = row.settings.get("plan")
-    if not isinstance(plan, dict):
-        raise ConfigError(f"run {ref!r} has no stored plan")
-    return {**plan, "settings": row.settings.get("settings") or {}}, path
+        return found, _ledger_path(args, found)
+    candidates = [path for path in _ledgers(args, None) if path.is_file()]
+    if not candidates:
+        raise ConfigError(
+            f"no ledger at {_ledgers(args, None)[0]}: pass --state-dir as given to the run,"
+            " or the run's outcome directory"
+        )
+    for path in candidates:
+        async with Ledger(path) as ledger:
+            row = await ledger.get_run(ref)
+        if row is None:
+            continue
+        plan = row.settings.get("plan")
+        if not isinstance(plan, dict):
+            raise ConfigError(f"run {ref!r} has no stored plan in {path}")
+        return {**plan, "settings": row.settings.get("settings") or {}}, path
+    raise ConfigError(
+        f"no run {ref!r} in {', '.join(map(str, candidates))}, and no directory {ref}/run.json"
+    )
+
+
+def _same_as_run(args: argparse.Namespace, plan: RunPlan) -> None:
+    """`resume` takes the flags `submit` took, so that a script can repeat them; what it
+    repeats must be what the run was started with."""
+    differ = []
+    if args.paths and absolute(args.paths) != plan.inputs:
+        differ.append(f"inputs {' '.join(plan.inputs)}")
+    if args.out is not None and str(args.out.resolve()) != plan.out_dir:
+        differ.append(f"--out {plan.out_dir}")
+    if args.kind is not None and args.kind != plan.kind.value:
+        differ.append(f"--kind {plan.kind.value}")
+    if args.force is not None and args.force != plan.force:
+        differ.append("--force" if plan.force else "no --force")
+    if differ:
+        raise ConfigError(
+            f"run {plan.run_id} was started with {', '.join(differ)}; a resume continues it as"
+            " it was (to send something else, start a new run with submit)"
+        )
 
 
 def _submit_plan(args: argparse.Namespace) -> RunPlan:
@@ -230,6 +279,7 @@ async def run_command(args: argparse.Namespace, hooks: Hooks) -> int:
         check_paths([p for p in parent.inputs if p != "-"])
         check_unchanged(parent)
         if args.command == "resume":
+            _same_as_run(args, parent)
             plan, resume = parent, True
         else:
             if args.corrected is not None:

@@ -121,6 +121,11 @@ class ArraySplitter:
             return out
         self._buf += chunk
         self._scan(out)
+        if self._depth == 1 and not self._in_string:
+            # Only whitespace since the last "," or the "[" is no part of the next element:
+            # let it go, so that a long run of it neither counts towards that element's
+            # size (which would drop a good record as oversized) nor stays in memory.
+            self._start = self._first_byte(self._start, len(self._buf))
         if self._in_element and not self._skipping and len(self._buf) - self._start > self._limit:
             out.append(self._oversize())
             self._skipping = True

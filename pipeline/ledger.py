@@ -352,6 +352,20 @@ class Ledger:
         rows = await self._call(lambda conn: conn.execute(sql.OUTCOME_COUNTS, (run_id,)).fetchall())
         return dict(rows)
 
+    async def item_nmis(
+        self, run_id: str, outcomes: Collection[str] | None = None
+    ) -> dict[int, str | None]:
+        """seq -> NMI of the run's records with a final outcome in `outcomes` (all if None).
+
+        What a re-submission chooses from: without the outcome lines, so that choosing
+        from a run of millions of records costs its keys, not its lines.
+        """
+        wanted = [] if outcomes is None else [str(outcome) for outcome in outcomes]
+        where = f" AND outcome IN ({', '.join('?' * len(wanted))})" if outcomes is not None else ""
+        statement = sql.ITEM_KEYS.format(filter=where)  # only placeholders are interpolated
+        params = (run_id, *wanted)
+        return await self._call(lambda conn: dict(conn.execute(statement, params).fetchall()))
+
     async def attempt_starts(self, run_id: str) -> list[float]:
         """When each HTTP write attempt of the run began (wall clock, ascending).
 

@@ -132,6 +132,7 @@ HISTORY = """SELECT run_id, seq, started_at, 0, attempt_id, action, http_status,
     UNION ALL SELECT run_id, seq, recorded_at, 1, 0, NULL, NULL, NULL, NULL, line
     FROM items WHERE kind = ? AND nmi = ? ORDER BY 3, 4, 5"""
 OUTCOME_COUNTS = "SELECT outcome, COUNT(*) FROM items WHERE run_id = ? GROUP BY outcome"
+ITEM_KEYS = "SELECT seq, nmi FROM items WHERE run_id = ?{filter}"
 # For reports only: a scan of `attempts`, rather than an index that every write would pay.
 ATTEMPT_STARTS = "SELECT started_at FROM attempts WHERE run_id = ? ORDER BY started_at"
 CHILD_RUNS = """SELECT run_id, kind, status, created_at, finished_at, out_dir, inputs_json,
@@ -259,8 +260,12 @@ def is_busy(exc: sqlite3.Error) -> bool:
 def open_ledger(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
     """Open the ledger at `path`, creating it if new; raise LedgerError if it is unusable."""
     try:
-        # Only the state directory itself gets 0o700; parents are made like `mkdir -p`.
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The state directory and each parent made for it are the owner's alone (0o700):
+        # by default it is `.wem-der/<register>`, and `mkdir -p` would make `.wem-der` by
+        # the umask (0o755, or 0o777 under umask 0), open to others to list or replace.
+        missing = [directory for directory in path.parents if not directory.exists()]
+        for directory in reversed(missing):
+            directory.mkdir(mode=0o700, exist_ok=True)
         # Create the file before SQLite does so that it is born 0o600: SQLite then gives
         # the -wal and -shm files the database file's permissions.
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))

@@ -127,8 +127,11 @@ def json_type(value: object) -> str:
         return "boolean"
     if isinstance(value, int | float):
         return "number"
-    names = {str: "string", list: "array", dict: "object"}
-    return names.get(type(value), type(value).__name__)
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else type(value).__name__
 
 
 def _number(value: object) -> int | float:

@@ -145,10 +145,7 @@ async def plan_items(
         async for pair in numbered(plan.inputs):
             yield pair
         return
-    chosen = {
-        row.seq: row.nmi
-        for row in await ledger.run_items(plan.parent_run_id, outcomes=plan.only or None)
-    }
+    chosen = await ledger.item_nmis(plan.parent_run_id, plan.only or None)
     corrected = await _corrections(plan.corrected) if plan.corrected else None
     used: set[str] = set()
     uncorrected = 0

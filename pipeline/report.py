@@ -1,6 +1,6 @@
 """`wem-der report`: what a run did, and what happened to one NMI across runs.
 
-    ledger --runs, items, attempts--> collect() --dict--> text tables (people)
+    ledger --runs, items, attempts--> collect() --dict--> report_text.to_text (people)
                                                       \\-> JSON (machines, --format json)
 
 Everything comes from the ledger, so a report can be made of a run that was killed, of
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,12 +24,9 @@ from pipeline.ledger import Ledger, RunRow
 from pipeline.limiter import parse_rate
 from pipeline.models import RecordKind
 from pipeline.outcomes import Outcome
+from pipeline.report_text import to_text
 
 DEFAULT_RATE = "6000/60s"
-# Text tables stay readable: longer lists are cut, with a line saying how much was left out
-# (the JSON form always has everything).
-MAX_ROWS = 50
-BAR_WIDTH = 30
 
 
 async def render(
@@ -211,187 +208,3 @@ async def _nmi(ledger: Ledger, kind: RecordKind, nmi: str) -> dict[str, Any]:
             for event in history
         ],
     }
-
-
-# -- text ----------------------------------------------------------------------------------
-
-
-def to_text(report: dict[str, Any]) -> str:
-    """The report as plain text tables."""
-    parts: list[str] = []
-    if "run" in report:
-        parts.append(_run_text(report["run"]))
-        parts.append(_outcomes_text(report["outcomes"]))
-        parts.append(_errors_text(report["errors"]))
-        parts.append(_exceptions_text(report["exceptions"]))
-        parts.append(_quota_text(report["quota"]))
-    if "nmi" in report:
-        parts.append(_nmi_text(report["nmi"]))
-    return "\n\n".join(parts)
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, indent: str = "  ") -> str:
-    """Columns padded to their widest cell; numbers right-aligned."""
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [
-        all(_is_number(row[i]) for row in cells[1:]) and len(cells) > 1 for i in range(len(headers))
-    ]
-    lines = []
-    for row in cells:
-        padded = [
-            cell.rjust(width) if right else cell.ljust(width)
-            for cell, width, right in zip(row, widths, numeric, strict=True)
-        ]
-        lines.append(indent + "  ".join(padded).rstrip())
-    return "\n".join(lines)
-
-
-def _is_number(text: str) -> bool:
-    return text.replace(".", "", 1).replace("%", "").lstrip("-").isdigit() or text == "-"
-
-
-def _bar(n: int, most: int) -> str:
-    return "#" * max(1, round(BAR_WIDTH * n / most)) if most and n else ""
-
-
-def _cut(rows: list[Any], *, latest: bool = False) -> tuple[list[Any], str]:
-    """At most MAX_ROWS rows: the first ones, or with `latest` the last ones."""
-    if len(rows) <= MAX_ROWS:
-        return rows, ""
-    note = f"  ... {len(rows) - MAX_ROWS} {'earlier' if latest else 'more'} (see --format json)"
-    if latest:
-        return rows[-MAX_ROWS:], note + "\n"
-    return rows[:MAX_ROWS], "\n" + note
-
-
-def _run_text(run: dict[str, Any]) -> str:
-    fields: list[tuple[str, object]] = [
-        ("kind", run["kind"]),
-        ("status", run["status"]),
-        ("started", run["created_at"]),
-        ("finished", run["finished_at"] or "-"),
-        ("outcomes in", run["out_dir"]),
-        *(("input", path) for path in run["inputs"]),
-    ]
-    if run["parent_run_id"]:
-        fields.append(("re-submits run", run["parent_run_id"]))
-    fields.extend(("re-submitted by", child) for child in run["resubmitted_by"])
-    summary = run["summary"]
-    for key, name in (
-        ("requests", "requests (last part)"),
-        ("http_429", "HTTP 429"),
-        ("reconciliations", "read-backs"),
-        ("not_sent", "not sent yet"),
-        ("elapsed_s", "elapsed s (last part)"),
-        ("abort_reason", "stopped because"),
-    ):
-        if summary.get(key):
-            fields.append((name, summary[key]))
-    width = max(len(name) for name, _ in fields)
-    lines = [f"run {run['run_id']}"]
-    lines += [f"  {name:<{width}}  {value}" for name, value in fields]
-    return "\n".join(lines)
-
-
-def _outcomes_text(outcomes: dict[str, int]) -> str:
-    total = sum(outcomes.values())
-    most = max(outcomes.values(), default=0)
-    rows = [(name, n, _bar(n, most)) for name, n in outcomes.items()]
-    rows.append(("total", total, ""))
-    return "outcomes (final, from the ledger)\n" + table(("outcome", "records", ""), rows)
-
-
-def _errors_text(errors: list[dict[str, Any]]) -> str:
-    if not errors:
-        return "error codes: none"
-    most = errors[0]["count"]
-    rows, more = _cut(
-        [(e["count"], e["outcome"], e["code"], e["title"], _bar(e["count"], most)) for e in errors]
-    )
-    return (
-        "error codes (rejected: AEMO's; invalid: 'local' and the field; failed: the reason)\n"
-        + table(("records", "outcome", "code", "title", ""), rows)
-        + more
-    )
-
-
-def _exceptions_text(exceptions: list[dict[str, Any]]) -> str:
-    if not exceptions:
-        return "exception codes (conditional): none"
-    most = exceptions[0]["count"]
-    rows, more = _cut(
-        [(e["count"], e["code"], e["name"], _bar(e["count"], most)) for e in exceptions]
-    )
-    return (
-        "exception codes (conditional)\n" + table(("exceptions", "code", "name", ""), rows) + more
-    )
-
-
-def _quota_text(quota: dict[str, Any]) -> str:
-    count, period = quota["count"], quota["period_s"]
-    head = (
-        f"quota use: {quota['attempts']} write attempts; quota {count} per {period:g} s;"
-        f" fullest {period:g} s window {quota['fullest_window']}"
-        f" ({100 * quota['fullest_window'] / count:.1f}% of the quota)\n"
-        "  (an attempt counts when it began, before its wait for the quota; read-backs are\n"
-        "  not counted here: the run summary's requests and fullest window count them)"
-    )
-    if not quota["windows"]:
-        return head
-    rows, more = _cut(
-        [
-            (
-                w["start"],
-                w["attempts"],
-                f"{100 * w['attempts'] / count:.1f}%",
-                _bar(w["attempts"], count),
-            )
-            for w in quota["windows"]
-        ]
-    )
-    return head + "\n" + table(("period from (UTC)", "attempts", "of quota", ""), rows) + more
-
-
-def _nmi_text(nmi: dict[str, Any]) -> str:
-    lines = [f"history of {nmi['kind']} NMI {nmi['nmi']}"]
-    exists = nmi["exists_at_register"]
-    lines.append("  at the register: " + {True: "yes", False: "no", None: "unknown"}[exists])
-    last = nmi["last_success"]
-    if last:
-        lines.append(
-            f"  last accepted: run {last['run_id']} transaction {last['transaction_id'] or '-'}"
-            f" at {last['at']} (content {str(last['content_hash'])[:12]})"
-        )
-    if not nmi["events"]:
-        lines.append("  no attempt or outcome recorded for this NMI")
-        return "\n".join(lines)
-    rows = [
-        (
-            e["at"],
-            e["run_id"],
-            e["seq"],
-            e["event"],
-            e["action"],
-            e["http_status"]
-            if e["http_status"] is not None
-            else ("no answer" if e["event"] == "attempt" else None),
-            e["transaction_id"],
-            e["outcome"],
-            (e["content_hash"] or "")[:12] or None,
-        )
-        for e in nmi["events"]
-    ]
-    rows, earlier = _cut(rows, latest=True)
-    headers = (
-        "time (UTC)",
-        "run",
-        "seq",
-        "event",
-        "action",
-        "http",
-        "transaction",
-        "outcome",
-        "content",
-    )
-    return "\n".join(lines) + "\n" + earlier + table(headers, rows)

@@ -37,7 +37,7 @@ from pipeline.preflight import Preflight
 from pipeline.retry import RetryPolicy
 from pipeline.routes import Routes
 from pipeline.runlock import run_lock
-from pipeline.sinks import OutcomeSink, rewrite, write_json_atomic
+from pipeline.sinks import OutcomeSink, private_dir, rewrite, write_json_atomic
 from pipeline.workers import AlreadyExists, Submitter
 
 log = structlog.get_logger()
@@ -46,6 +46,10 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 LEDGER_FILE = "ledger.sqlite3"
+# Answers that say a write was refused before it was applied: a record whose last write
+# got one of these needs no read-back on resume (a 500, 502 or 504 may hide a write that
+# was applied, and no answer at all certainly may).
+REFUSED_UNAPPLIED = frozenset({400, 401, 403, 404, 405, 411, 413, 415, 422, 429, 503})
 SIMULATOR_FILE = "simulator.sqlite3"
 
 
@@ -182,7 +186,7 @@ def _prepare(settings: Settings, plan: RunPlan, resume: bool) -> Path:
     out_dir = Path(plan.out_dir)
     if not resume:
         try:
-            out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(out_dir)
             write_json_atomic(
                 out_dir / "run.json", plan.as_json() | {"settings": settings.secret_free()}
             )
@@ -211,7 +215,11 @@ async def _open_run(
     if not resume:
         return frozenset(), {}
     done = frozenset(await ledger.done_seqs(plan.run_id))
-    read_back = {seq: Action(f.action) for seq, f in (await ledger.in_flight(plan.run_id)).items()}
+    read_back = {
+        seq: Action(f.action)
+        for seq, f in (await ledger.in_flight(plan.run_id)).items()
+        if f.http_status not in REFUSED_UNAPPLIED
+    }
     # The files are rebuilt from the ledger, so a record whose line was written before the
     # crash but whose outcome was not yet final in the ledger does not appear twice.
     items = await ledger.run_items(plan.run_id)

@@ -45,6 +45,18 @@ _WITH_PROBLEMS = frozenset({Outcome.REJECTED, Outcome.CONDITIONAL})
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+def private_dir(path: Path) -> None:
+    """Make the directory `path`, and each missing parent, readable by its owner only (0o700).
+
+    `mkdir -p` would make the parents by the umask (0o755, or 0o777 under umask 0): a
+    directory the tool creates is its owner's alone, whichever part of the path it is.
+    Directories that exist are left as they are.
+    """
+    missing = [directory for directory in (path, *path.parents) if not directory.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+
 def outcome_file(outcome: Outcome) -> str:
     """The name of the file that holds the outcomes of class `outcome`."""
     return f"{outcome.value}.jsonl"
@@ -66,7 +78,7 @@ class OutcomeSink:
         self._counts: Counter[Outcome] = Counter()
 
     def __enter__(self) -> Self:
-        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self._dir)
         try:
             for outcome in Outcome:
                 self._fds[outcome] = self._open(outcome_file(outcome))
@@ -125,7 +137,7 @@ def rewrite(out_dir: Path, outcomes: Iterable[OutcomeRecord]) -> dict[str, int]:
     written in a private directory beside the old ones and each then replaces its old
     one atomically, so a reader never sees a half-written file.
     """
-    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(out_dir)
     staging = Path(tempfile.mkdtemp(prefix=".rewrite-", dir=out_dir))  # mode 0o700
     try:
         with OutcomeSink(staging) as sink:

@@ -241,9 +241,17 @@ def _jsonl_items(
         if at < len(chunk) and not dropping:
             pending.append(chunk[at:])
             if sum(map(len, pending)) > limit:
-                yield SourceItem(SourceRef(label, line=line), error=oversize_reason(limit))
+                so_far = b"".join(pending)
                 pending.clear()
-                dropping = True
+                if so_far.strip(_WS):
+                    yield SourceItem(SourceRef(label, line=line), error=oversize_reason(limit))
+                    dropping = True
+                else:
+                    # Whitespace is not a record, however long: it is dropped rather than
+                    # reported as one over the limit, and what follows on the line is read
+                    # (its place counted on past the whitespace).
+                    start += len(so_far)
+                    column += len(so_far)
     if pending:  # the last line has no newline
         item = _line_item(label, b"".join(pending), limit, line=line, column=column, offset=start)
         if item is not None:

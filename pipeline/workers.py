@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import aiohttp
+
 from pipeline.auth import TokenProvider
 from pipeline.client import ApiClient
 from pipeline.codec import ApiAnswer, BodyTooLarge, EncodedBody
@@ -138,6 +140,11 @@ class Submitter:
         self.counters.requests += 1
         try:
             answer = await self._client.send(method, url, body, token=token)
+        except aiohttp.ClientSSLError as exc:
+            # A certificate problem is set-up, not weather: stop rather than retry.
+            raise Misconfigured(
+                f"TLS with {url} failed ({exc}); check --ca-file, --client-cert and --client-key"
+            ) from None
         except RETRYABLE_EXCEPTIONS:
             self.counters.saw(None)
             raise

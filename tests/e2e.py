@@ -34,7 +34,7 @@ from pipeline.config import Settings
 from pipeline.models import RecordKind
 from pipeline.outcomes import Outcome
 from pipeline.plan import RunPlan
-from pipeline.run import Hooks, RunResult, execute, new_run_id
+from pipeline.run import Clock, Hooks, RunResult, Sleep, execute, new_run_id
 from pipeline.samples import installations
 from pipeline.simulator import Simulator, SimulatorSettings
 from pipeline.simulator import app as sim_app
@@ -43,7 +43,6 @@ from pipeline.simulator.state import STATE
 CLIENT_ID = "e2e-client"
 SECRET = "e2e-secret-7f3a9c"  # a throwaway secret the simulator is told to expect
 PARTICIPANT = "E2ENSP"
-OUTCOME_FILES = tuple(f"{o.value}.jsonl" for o in Outcome)
 SUMMARY_KEYS = frozenset(
     {
         "records",
@@ -132,11 +131,12 @@ async def submit(
     *,
     out: str = "out",
     hooks: Hooks | None = None,
-    **timing: Any,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
 ) -> RunResult:
     """One `submit` run of `inputs` into `tmp_path/out`."""
     plan = make_plan(tmp_path, inputs, out=out)
-    return await execute(settings, plan, hooks=hooks or Hooks(), **timing)
+    return await execute(settings, plan, hooks=hooks or Hooks(), clock=clock, sleep=sleep)
 
 
 def records(count: int, *, start: int = 0, seed: int = 0) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ import pytest
 from pipeline.ledger import Ledger
 from pipeline.models import RecordKind
 from pipeline.outcomes import Action, Outcome, OutcomeRecord, SourceRef
-from pipeline.report import collect, quota_use, render, table
+from pipeline.report import collect, quota_use, render
+from pipeline.report_text import table
 from pipeline.samples import installations
 from tests.processes import Sim, run_id_of, simulator, wem_der, write_jsonl
 
@@ -241,33 +242,38 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
 def test_the_report_command_on_real_runs(sim: Sim, tmp_path: Path) -> None:
     """`report DIR`, `report RUN_ID --format json` and `report --nmi` from the CLI."""
     records = list(installations(10, seed=2, start=900))
-    records[4]["installedPhasesCount"] = 3
+    records[4]["installedPhasesCount"] = 3  # rejected, rule 1012
     inputs = write_jsonl(tmp_path / "in.jsonl", records)
     state = tmp_path / "state"
     for out in ("mon", "tue"):
-        wem_der("submit", str(inputs), "--out", str(tmp_path / out), *sim.flags(state))
+        sent = wem_der("submit", str(inputs), "--out", str(tmp_path / out), *sim.flags(state))
+        assert sent.code == 1, sent.output  # the rejected record, sent both times
     mon = run_id_of(tmp_path / "mon")
+    nmi = records[0]["nmi"]
 
     text = wem_der("report", str(tmp_path / "mon"))  # the directory knows its ledger
     as_json = wem_der("report", mon, "--format", "json", "--state-dir", str(state))
-    history = wem_der("report", "--nmi", records[0]["nmi"], "--state-dir", str(state))
+    history = wem_der("report", "--nmi", nmi, "--state-dir", str(state), "--format", "json")
     neither = wem_der("report", "--state-dir", str(state))
 
     assert (text.code, as_json.code, history.code, neither.code) == (0, 0, 0, 2)
-    assert f"run {mon}" in text.stdout
-    assert "1012" in text.stdout
+    assert f"run {mon}\n" in text.stdout
+    assert "  rejected  1012  Installed phases exceed available phases" in text.stdout
     data = orjson.loads(as_json.stdout)
-    assert data["outcomes"]["accepted"] == 9
-    assert data["outcomes"]["rejected"] == 1
+    assert (data["outcomes"]["accepted"], data["outcomes"]["rejected"]) == (9, 1)
     assert data["quota"]["attempts"] == 10
-    assert [
-        e["outcome"]
-        for e in orjson.loads(
-            wem_der(
-                "report", "--nmi", records[0]["nmi"], "--state-dir", str(state), "--format", "json"
-            ).stdout
-        )["nmi"]["events"]
-        if e["event"] == "outcome"
-    ] == ["accepted", "skipped"]
-    assert history.stdout.count(records[0]["nmi"]) >= 1
+    events = orjson.loads(history.stdout)["nmi"]["events"]
+    assert [(e["event"], e["outcome"]) for e in events] == [
+        ("attempt", None),
+        ("outcome", "accepted"),
+        ("outcome", "skipped"),
+    ]
     assert "report needs a RUN_ID" in neither.stderr
+
+
+async def test_a_run_that_never_ended_points_at_resume(ledger: Ledger) -> None:
+    """A run the ledger holds as running may have been killed: the report says how to go on."""
+    async with asyncio.timeout(10):
+        text = await render(ledger, run_id="r2", nmi=None, kind=INST)
+    assert "\n  status          running, or killed (then: wem-der resume r2)\n" in text
+    assert "\n  re-submits run  r1\n" in text

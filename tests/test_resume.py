@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import os
 import random
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
@@ -73,6 +74,12 @@ def ledger_view(state: Path, run_id: str) -> tuple[set[int], set[int]]:
     return asyncio.run(_ledger_view(state, run_id))
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Leave no process behind when a test fails half-way."""
+    if proc.poll() is None:
+        kill9(proc)
+
+
 def has_lines(out: Path, count: int) -> bool:
     return count_lines(out) >= count
 
@@ -98,42 +105,51 @@ def kill_and_resume(
     """Start `first`, SIGKILL it at each point, resume; return (run id, in flight at kills).
 
     A point is a number of outcome lines, or "run.json" (killed as soon as the run has an
-    id, before it recorded anything). Resumes alternate between the run's directory and
-    its id, and run from another working directory, with no flag but the secret.
+    id, before it recorded anything). Resumes name the run by its directory (no flag but
+    the secret), by its id (and the state directory), or by its id followed by the whole
+    submit command line.
     """
     proc = start(*first, log=logs / "run-0.log")
-    in_flight = 0
-    run_id = ""
-    for n, point in enumerate(kill_points):
-        if point == "run.json":
-            wait_until(proc, (out / "run.json").exists, timeout_s=30, what="run.json")
-        else:
+    try:
+        in_flight = 0
+        run_id = ""
+        for n, point in enumerate(kill_points):
+            if point == "run.json":
+                wait_until(proc, (out / "run.json").exists, timeout_s=30, what="run.json")
+            else:
+                wait_until(
+                    proc,
+                    partial(has_lines, out, int(point)),
+                    timeout_s=30,
+                    what=f"{point} outcomes",
+                )
+            assert proc.poll() is None, (
+                f"the run ended before kill point {point}:\n{(logs / f'run-{n}.log').read_text()}"
+                f"\n{[line for line in outcome_lines(out) if line['outcome'] != 'accepted']}"
+            )
+            kill9(proc)
+            run_id = run_id_of(out)
+            if point != "run.json":
+                in_flight += len(ledger_view(state, run_id)[1])
+            log = logs / f"run-{n + 1}.log"
+            if n % 3 == 0:
+                args = resume_args(str(out), sim)
+            elif n % 3 == 1:
+                args = [*resume_args(run_id, sim), "--state-dir", str(state)]
+            else:  # what a script does: the submit command line, with resume and the id
+                args = ["resume", run_id, *first[1:]]
+            proc = start(*args, log=log)
+            # The resumed run has rebuilt its outcome files from the ledger once it prints its
+            # id; counting lines before that would count the killed run's.
             wait_until(
                 proc,
-                partial(has_lines, out, int(point)),
+                partial(says, log, "outcomes in"),
                 timeout_s=30,
-                what=f"{point} outcomes",
+                what="the resumed run to start",
             )
-        assert proc.poll() is None, f"the run ended before kill point {point}: make it longer"
-        kill9(proc)
-        run_id = run_id_of(out)
-        if point != "run.json":
-            in_flight += len(ledger_view(state, run_id)[1])
-        ref = str(out) if n % 2 == 0 else run_id
-        log = logs / f"run-{n + 1}.log"
-        args = resume_args(ref, sim)
-        if ref == run_id:
-            args += ["--state-dir", str(state)]
-        proc = start(*args, log=log)
-        # The resumed run has rebuilt its outcome files from the ledger once it prints its
-        # id; counting lines before that would count the killed run's.
-        wait_until(
-            proc,
-            partial(says, log, "outcomes in"),
-            timeout_s=30,
-            what="the resumed run to start",
-        )
-    assert proc.wait(timeout=60) == 0, (logs / f"run-{len(kill_points)}.log").read_text()
+        assert proc.wait(timeout=60) == 0, (logs / f"run-{len(kill_points)}.log").read_text()
+    finally:
+        stop(proc)
     return run_id, in_flight
 
 
@@ -238,18 +254,22 @@ def test_kill9_during_updates_never_turns_an_update_into_a_create(
 
 
 def test_resuming_a_finished_run_sends_nothing(register: Sim, tmp_path: Path) -> None:
-    """A run whose records all have a final outcome is not sent again on resume."""
+    """A finished run is not sent again on resume; a resume into another --out is refused."""
     inputs = write_jsonl(tmp_path / "in.jsonl", records(2000)[:20])
     out, state = tmp_path / "out", tmp_path / "state"
     assert wem_der("submit", str(inputs), "--out", str(out), *register.flags(state)).code == 0
     before = register.stats()["der_requests_received"]
 
     again = wem_der(*resume_args(str(out), register))
+    elsewhere = wem_der(*resume_args(str(out), register), "--out", str(tmp_path / "other"))
 
     assert again.code == 0, again.output
     assert register.stats()["der_requests_received"] == before
     assert summary_of(out)["requests"] == 0
     assert len(outcome_lines(out)) == 20
+    assert elsewhere.code == 2
+    assert f"was started with --out {out}; a resume continues it as it was" in elsewhere.stderr
+    assert not (tmp_path / "other").exists()
 
 
 def test_resume_is_refused_while_the_run_is_live(register: Sim, tmp_path: Path) -> None:

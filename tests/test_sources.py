@@ -270,6 +270,9 @@ async def test_limit_in_megabytes_is_named_so() -> None:
     assert items[1].value == {"a": 1}
 
 
+# The devices of an AC connection, in the corpus records that have one.
+DEV: dict[str, object] = {"devices": [{"type": "Solar PV"}]}
+
 # The bad-input corpus: for each file, what comes out, in order: a value, or a fragment of
 # the error. Every file but the empty ones has a good record after its problem.
 CORPUS: dict[str, list[tuple[str, object]]] = {
@@ -342,6 +345,173 @@ CORPUS: dict[str, list[tuple[str, object]]] = {
         (":1", {"nmi": "8001000001"}),
         (":2", {"nmi": "8001000002"}),
         (":3", "gzip stream corrupt (Error -3 while decompressing data: incorrect header check)"),
+    ],
+    "huge-numbers.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", "broken JSON: number is infinity when parsed as double (line 2, column 43)"),
+        # orjson would read 2**70 + 1 as a float and lose its last digits.
+        (":3", "an integer beyond 64 bits, which cannot be sent exactly"),
+        # Within 64 bits (unsigned) an integer is exact; 1e308 is a finite double.
+        (":4", {"nmi": "8001000004", "availablePhasesCount": 2**64 - 1, "approvedCapacity": 1e308}),
+        (":5", {"nmi": "8001000005"}),
+    ],
+    "duplicate-keys.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", "duplicate key 'jobNumber' in one object; which value is meant is unclear"),
+        (":3", "duplicate key 'nmi' in one object"),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    "control-chars.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", "broken JSON: unexpected control character in string (line 2, column 39)"),
+        # Escaped, they are valid JSON and part of the text.
+        (":3", {"nmi": "8001000003", "comments": "bell \x07 nul \x00 esc \x1b"}),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    "lone-surrogate.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", "broken JSON: no low surrogate in string (line 2, column 36)"),
+        (":3", {"nmi": "8001000003"}),
+    ],
+    "not-quite-json.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", "broken JSON: unexpected character, expected a string key (line 2, column 2)"),
+        (":3", "broken JSON: unexpected content after document (line 3, column 23)"),
+        (":4", "broken JSON: trailing comma is not allowed (line 4, column 21)"),
+        (":5", "broken JSON: number with leading zero is not allowed (line 5, column 43)"),
+        (":6", {"nmi": "8001000006"}),
+    ],
+    "crlf.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", {"nmi": "8001000002", "comments": "x"}),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    # 70,000 spaces and a tab: a blank line longer than one read.
+    "long-whitespace-line.jsonl": [(":1", {"nmi": "8001000001"}), (":3", {"nmi": "8001000003"})],
+    # Not gzip whatever the name says: the content decides.
+    "plain-named-gz.jsonl.gz": [(":1", {"nmi": "8001000001"}), (":2", {"nmi": "8001000002"})],
+    "array-of-junk.json": [
+        ("[0]", {"nmi": "8001000001"}),
+        ("[1]", None),
+        ("[2]", "8001000003"),
+        ("[3]", [{"nmi": "8001000004"}]),
+        ("[4]", True),
+        ("[5]", {"nmi": "8001000006"}),
+    ],
+    # Valid JSON that is wrong as a record: the value comes through as it is, for pre-flight
+    # to judge (tests/test_bad_inputs.py follows each of these to its outcome).
+    "data-not-an-object.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", "8001000002"),
+        (":3", None),
+        (":4", {"data": {"nmi": "8001000004"}}),
+        (":5", {"nmi": "8001000005"}),
+    ],
+    "wrapped-extra-keys.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", {"data": {"nmi": "8001000002"}, "source": "crm"}),
+        (":3", {"nmi": "8001000003"}),
+    ],
+    "wrong-types.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", {"nmi": "8001000002", "jobNumber": 42, "acConnections": {"count": 1}}),
+        (":3", {"nmi": 8001000003}),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    "missing-nmi.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", {"jobNumber": "JOB-2"}),
+        (":3", {}),
+        (":4", {"nmi": None}),
+        (":5", {"nmi": "8001000005"}),
+    ],
+    "nmi-wrong-length.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", {"nmi": "800100002"}),
+        (":3", {"nmi": "80010000033"}),
+        (":4", {"nmi": ""}),
+        (":5", {"nmi": "8001000005"}),
+    ],
+    "mistyped-field.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", {"nmi": "8001000002", "exportLimitKW": 5}),
+        (":3", {"nmi": "8001000003", "acConnections": [{"equipmentTyp": "Inverter", **DEV}]}),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    "same-nmi-twice.jsonl": [
+        (":1", {"nmi": "8001000001", "jobNumber": "FIRST"}),
+        (":2", {"nmi": "8001000002"}),
+        (":3", {"nmi": "8001000001", "jobNumber": "SECOND"}),
+    ],
+    "array-for-object.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", {"nmi": "8001000002", "acConnections": [{"details": ["Fronius"], **DEV}]}),
+        (":3", {"nmi": "8001000003", "acConnections": [[DEV]]}),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    "number-as-string.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", {"nmi": "8001000002", "approvedCapacity": "10"}),
+        (":3", {"nmi": "8001000003", "availablePhasesCount": "3"}),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    "boolean-for-number.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", {"nmi": "8001000002", "approvedCapacity": True}),
+        (":3", {"nmi": "8001000003", "availablePhasesCount": False}),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    "negative-count.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", {"nmi": "8001000002", "availablePhasesCount": -1}),
+        (":3", {"nmi": "8001000003", "acConnections": [{"count": -2, **DEV}]}),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    "fractional-count.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (":2", {"nmi": "8001000002", "acConnections": [{"count": 1.5, **DEV}]}),
+        (":3", {"nmi": "8001000003", "installedPhasesCount": 1.0}),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    "server-fields.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (
+            ":2",
+            {
+                "nmi": "8001000002",
+                "acConnections": [
+                    {"connectionId": 7, "devices": [{"type": "Solar PV", "deviceId": 9}]}
+                ],
+            },
+        ),
+        (":3", {"nmi": "8001000003", "recordCreationDate": "2024-01-01"}),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    "invalid-date.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (
+            ":2",
+            {"nmi": "8001000002", "acConnections": [{"commissioningDate": "2024-02-30", **DEV}]},
+        ),
+        (
+            ":3",
+            {"nmi": "8001000003", "acConnections": [{"commissioningDate": "01/03/2024", **DEV}]},
+        ),
+        (":4", {"nmi": "8001000004"}),
+    ],
+    "enum-wrong-case.jsonl": [
+        (":1", {"nmi": "8001000001"}),
+        (
+            ":2",
+            {
+                "nmi": "8001000002",
+                "acConnections": [
+                    {"equipmentType": "Solar PV Inverter", "devices": [{"type": "solar pv"}]}
+                ],
+            },
+        ),
+        (":3", {"nmi": "8001000003", "islandableInstallation": "yes"}),
+        (":4", {"nmi": "8001000004"}),
     ],
 }
 

@@ -141,8 +141,11 @@ async def test_ctrl_c_then_resume(tmp_path: Path, tap: Tap) -> None:
                 proc.stdin.close()
                 await held.wait()  # two requests on the wire, four records done
                 proc.send_signal(signal.SIGINT)
-                while b"stopping" not in await proc.stderr.readline():
-                    pass
+                while True:  # the run says it is stopping once it has seen the signal
+                    said = await proc.stderr.readline()
+                    assert said, "the run ended without saying it was stopping"
+                    if b"stopping" in said:
+                        break
                 release.set()  # what is on the wire finishes
                 _, stderr = await proc.communicate()
                 code = proc.returncode

@@ -1,0 +1,98 @@
+"""Looking for secrets where they must never be: log lines, console output, the files a run
+leaves behind.
+
+A secret leaks in more shapes than its own text: the client secret also travels as Basic
+credentials (base64 of `id:secret`), and every bearer token the register issued is one.
+`Secrets` holds those shapes; `leaks` says where any of them turns up.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+import structlog
+
+from pipeline.simulator.tokens import TokenIssuer
+
+
+@dataclass
+class Secrets:
+    """What must not be seen: the client secret, as itself and inside Basic credentials, and
+    each token issued while the test ran."""
+
+    client_id: str
+    secret: str
+    tokens: list[str] = field(default_factory=list)
+
+    def needles(self) -> dict[str, bytes]:
+        basic = base64.b64encode(f"{self.client_id}:{self.secret}".encode())
+        found = {"the client secret": self.secret.encode(), "the Basic credentials": basic}
+        found.update({f"token #{n + 1}": token.encode() for n, token in enumerate(self.tokens)})
+        return found
+
+
+def record_tokens(monkeypatch: pytest.MonkeyPatch, into: Secrets) -> None:
+    """Add every token any simulator issues from now on to `into`."""
+    issue = TokenIssuer.issue
+
+    def recorded(self: TokenIssuer, now: float) -> str:
+        token = issue(self, now)
+        into.tokens.append(token)
+        return token
+
+    monkeypatch.setattr(TokenIssuer, "issue", recorded)
+
+
+def files_under(*roots: Path, skip: Iterable[Path] = ()) -> dict[str, bytes]:
+    """The bytes of every file below `roots` (a ledger's -wal and -shm included), but `skip`."""
+    skipped = {path.resolve() for path in skip}
+    return {
+        str(path): path.read_bytes()
+        for root in roots
+        if root.exists()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.resolve() not in skipped
+    }
+
+
+def leaks(secrets: Secrets, places: Mapping[str, bytes]) -> list[str]:
+    """Where each secret shape turns up, as "<what> in <where>" (empty: nowhere)."""
+    return [
+        f"{what} in {where}"
+        for where, data in places.items()
+        for what, needle in secrets.needles().items()
+        if needle in data
+    ]
+
+
+@contextlib.contextmanager
+def json_logs() -> Iterator[io.BytesIO]:
+    """structlog rendering JSON lines into a buffer, as `wem-der --log-format json` does
+    (pipeline/cli.py), at debug level so that nothing is filtered out before it is seen.
+
+    Loggers are not cached, and the defaults come back afterwards, so no later test writes
+    into this buffer.
+    """
+    buffer = io.BytesIO()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        logger_factory=structlog.BytesLoggerFactory(buffer),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield buffer
+    finally:
+        structlog.reset_defaults()
