@@ -22,6 +22,7 @@ import orjson
 import structlog
 from pydantic import SecretStr
 
+from pipeline.answers import AlreadyExists
 from pipeline.auth import TokenProvider
 from pipeline.client import ApiClient, TlsSettings, make_session
 from pipeline.codec import Compression
@@ -38,7 +39,7 @@ from pipeline.retry import RetryPolicy
 from pipeline.routes import Routes
 from pipeline.runlock import run_lock
 from pipeline.sinks import OutcomeSink, private_dir, rewrite, write_json_atomic
-from pipeline.workers import AlreadyExists, Submitter
+from pipeline.workers import Submitter
 
 log = structlog.get_logger()
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
 
+from pipeline.answers import AlreadyExists, Counters, first_title, transaction_id
 from pipeline.auth import TokenProvider
 from pipeline.client import ApiClient
 from pipeline.codec import ApiAnswer, BodyTooLarge, EncodedBody
@@ -36,43 +35,6 @@ from pipeline.retry import (
     parse_retry_after,
 )
 from pipeline.routes import Routes, request_body
-
-
-@dataclass
-class Counters:
-    """Request accounting of one run, for the summary."""
-
-    requests: int = 0
-    http_429: int = 0
-    token_replays: int = 0
-    reconciliations: int = 0
-    by_status: Counter[str] = field(default_factory=Counter)
-
-    def saw(self, status: int | None) -> None:
-        self.by_status[str(status) if status is not None else "no answer"] += 1
-
-
-@dataclass(frozen=True)
-class AlreadyExists:
-    """Whether a refused create means "this NMI already has a record" (configuration, not fact)."""
-
-    codes: frozenset[str]
-    pattern: re.Pattern[str]
-
-    @classmethod
-    def from_settings(cls, codes: Sequence[str], pattern: str) -> AlreadyExists:
-        return cls(frozenset(codes), re.compile(pattern))
-
-    def __call__(self, answer: ApiAnswer) -> bool:
-        if answer.status not in {400, 409, 422}:
-            return False
-        for error in answer.errors:
-            if str(error.get("code")) in self.codes:
-                return True
-            text = f"{error.get('title', '')} {error.get('detail', '')}"
-            if self.pattern.search(text):
-                return True
-        return False
 
 
 class _Unknown:
@@ -201,7 +163,7 @@ class Submitter:
             outcome=outcome,
             action=action,
             http_status=answer.status if answer else None,
-            transaction_id=_transaction_id(answer),
+            transaction_id=transaction_id(answer),
             errors=list(answer.errors) if answer else [],
             exceptions=list(answer.exceptions) if answer else [],
             attempts=attempts,
@@ -306,7 +268,7 @@ class Submitter:
                     self._ledger.finish_attempt(
                         attempt_id,
                         http_status=answer.status,
-                        transaction_id=_transaction_id(answer),
+                        transaction_id=transaction_id(answer),
                     )
                     last = answer
                     if answer.status != 401:
@@ -352,6 +314,8 @@ class Submitter:
     ) -> _Final | _Switch | _Retry | None:
         """What one answer means for the record; None is success."""
         status = answer.status
+        if status != 403:
+            self._forbidden_streak = 0
         if status == 404:
             if action is Action.UPDATE and self._requested is Action.UPSERT:
                 self._learn(rec, exists=False)
@@ -376,7 +340,7 @@ class Submitter:
             return _Retry(retry_after, f"HTTP {status}")
         if verdict is Verdict.STOP_RUN:
             raise Misconfigured(
-                f"HTTP {status} {_title(answer)} from the {rec.kind.value} API: the client is"
+                f"HTTP {status} {first_title(answer)} from the {rec.kind.value} API: the client is"
                 " misconfigured (URL, method, Content-Length or Content-Type); stopping the run"
             )
         if action is Action.CREATE and self._already_exists(answer):
@@ -409,13 +373,3 @@ class _Switch:
 class _Retry:
     retry_after: float | None
     reason: str
-
-
-def _transaction_id(answer: ApiAnswer | None) -> str | None:
-    if answer is None:
-        return None
-    return answer.transaction_id or answer.headers_transaction_id
-
-
-def _title(answer: ApiAnswer) -> str:
-    return str(answer.errors[0].get("title", "")) if answer.errors else ""
