@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
+import structlog
+
 from pipeline.errors import RunAborted
 from pipeline.ledger import Ledger
 from pipeline.models import RecordKind
@@ -23,6 +25,8 @@ from pipeline.outcomes import Action, Outcome, OutcomeRecord, PreparedRecord, So
 from pipeline.preflight import Preflight, nmi_of
 from pipeline.sinks import OutcomeSink
 from pipeline.workers import Submitter
+
+log = structlog.get_logger()
 
 # How many pre-flighted records are looked up in the ledger at once (delta and existence).
 LOOKUP_CHUNK = 256
@@ -120,6 +124,19 @@ class Engine:
         else:
             self.not_sent += 1
         self._on_outcome(outcome)
+        # The one canonical event per record: ids and timing, never the payload.
+        log.info(
+            "record.completed",
+            nmi=outcome.nmi,
+            outcome=outcome.outcome.value,
+            action=outcome.action.value if outcome.action else None,
+            http_status=outcome.http_status,
+            transaction_id=outcome.transaction_id,
+            attempts=outcome.attempts,
+            latency_ms=outcome.latency_ms,
+            source=str(outcome.source),
+            reason=outcome.reason,
+        )
 
     def _not_sent(self, seq: int, outcome: OutcomeRecord) -> None:
         why = f"; {self.abort}" if self.abort else ""
