@@ -19,7 +19,6 @@ import orjson
 import pytest
 
 from pipeline import sources
-from pipeline.models import SERVER_FIELDS
 from pipeline.simulator import Simulator
 from pipeline.sources import READ_SIZE, iter_items
 from tests.e2e import (
@@ -33,11 +32,10 @@ from tests.e2e import (
     submit,
     write_jsonl,
 )
+from tests.register import unstamped
 
 BAD = Path(__file__).parent / "data" / "bad"
 MB = 2**20
-# Server-maintained fields, and the dates the register stamps beside them.
-STAMPED = SERVER_FIELDS | {"recordCreationDate", "recordUpdateDate", "recordConfirmedDate"}
 
 # (where in the file, None for "accepted" or the fragments its invalid reason must hold)
 Expect = tuple[str, tuple[str, ...] | None]
@@ -330,15 +328,6 @@ def outcome_lines(out: Path) -> dict[Key, dict[str, Any]]:
             assert line["outcome"] == path.stem
             lines[key] = line
     return lines
-
-
-def unstamped(value: Any) -> Any:
-    """A stored record without what the register adds to it."""
-    if isinstance(value, dict):
-        return {k: unstamped(v) for k, v in value.items() if k not in STAMPED}
-    if isinstance(value, list):
-        return [unstamped(v) for v in value]
-    return value
 
 
 async def test_the_corpus_end_to_end(tmp_path: Path) -> None:

@@ -306,10 +306,10 @@ async def test_what_a_run_writes_is_the_owners_alone(tmp_path: Path) -> None:
     [state] = (tmp_path / ".wem-der").iterdir()
     assert (out / "problems.csv").read_bytes().count(b"\n") == 2  # header and the row
     made = [*tree(tmp_path / "runs"), *tree(tmp_path / ".wem-der")]
-    # The embedded simulator's own store of the register is the simulator's, not the run's.
-    made = [p for p in made if p.name != "simulator.sqlite3"]
     expected = {f"{o.value}.jsonl" for o in Outcome} | {"summary.json", "run.json"}
-    assert expected | {"problems.csv", "ledger.sqlite3"} <= {p.name for p in made}
+    assert expected | {"problems.csv", "ledger.sqlite3", "simulator.sqlite3"} <= {
+        p.name for p in made
+    }
     assert {str(p): mode(p) for p in made} == {str(p): 0o700 if p.is_dir() else 0o600 for p in made}
     assert state.name == "local-simulator"
 

@@ -10,6 +10,7 @@ so a clean stop loses nothing; a kill loses at most the last `commit_delay_s` of
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class SqliteStore(MemoryStore):
         super().__init__()
         self._commit_delay_s = commit_delay_s
         self._pending: asyncio.TimerHandle | None = None
+        # Born 0o600, like the ledger: SQLite gives its -wal and -shm files the same mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._db = sqlite3.connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
