@@ -364,12 +364,14 @@ def simulator(
     quota: str = LIFTED_QUOTA,
     latency_ms: float = 0.0,
     jitter_ms: float = 0.0,
+    extra_flags: Sequence[str] = (),
     ready_timeout_s: float = 60.0,
 ) -> Iterator[SimProcess]:
     """Start the simulator in its own process; stop it (by its pid) on the way out.
 
     `latency_ms` + `jitter_ms` is a delay drawn uniformly from
     [latency_ms, latency_ms + jitter_ms] per request: 50 +- 30 ms is 20 and 60.
+    `extra_flags` are more `wem-der simulate` flags (fault rates, say).
     """
     directory.mkdir(parents=True, exist_ok=True)
     secret_file = directory / "client-secret"
@@ -381,6 +383,7 @@ def simulator(
         "--host", "127.0.0.1", "--port", "0",
         "--client-id", CLIENT_ID, "--client-secret-file", str(secret_file),
         "--quota", quota, "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms),
+        *extra_flags,
     ]  # fmt: skip
     with log.open("wb") as err:
         proc = subprocess.Popen(

@@ -23,7 +23,6 @@ with --profile, wem-der runs once more under cProfile and its hot spots are list
 from __future__ import annotations
 
 import argparse
-import os
 import pstats
 import re
 import statistics

@@ -214,6 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quota", default="300/3s")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="least server delay")
     parser.add_argument("--jitter-ms", type=float, default=60.0, help="plus uniform 0..this")
+    parser.add_argument(
+        "--lost-answers",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of requests the register applies and then drops the connection of"
+        " (the simulator's --applied-then-dropped-rate), to test each approach's account",
+    )
+    parser.add_argument("--name", default="peers", help="results file name")
     parser.add_argument("--skip-newman", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
@@ -231,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             quota=args.quota,
             latency_ms=args.latency_ms,
             jitter_ms=args.jitter_ms,
+            extra_flags=("--applied-then-dropped-rate", str(args.lost_answers)),
         ) as sim,
     ):
         source = write_installations(directory / "records.jsonl", args.records)
@@ -256,14 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     latency = f"{args.latency_ms + args.jitter_ms / 2:g} +- {args.jitter_ms / 2:g} ms"
     title = f"peers: {args.records} records, quota {args.quota}, server latency {latency}"
+    if args.lost_answers:
+        title += f", {args.lost_answers:.0%} of answers lost after the record is stored"
     print(table(headers, rows, title))
     print(f"\nthe quota allows it in no less than {floor_s:.1f} s plus one answer's latency")
     for note in notes:
         print(note)
     path = write_result(
-        "peers",
+        args.name,
         {
             "records": args.records,
+            "lost_answers": args.lost_answers,
             "quota": args.quota,
             "latency": latency,
             "least_wall_s": floor_s,
