@@ -20,8 +20,6 @@ import structlog
 from pipeline import __version__
 from pipeline.errors import WemDerError
 
-EXIT_USAGE = 2
-
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("environment (each also WEMDER_<NAME>, e.g. WEMDER_BASE_URL)")

@@ -75,6 +75,11 @@ class Settings(BaseModel):
     # accepted says nothing about another, so each keeps its own ledger.
     state_dir: Path = Path(".wem-der")
 
+    @property
+    def simulated(self) -> bool:
+        """Whether a run talks to the simulator it starts in-process, not to a register."""
+        return self.embedded_simulator and not self.base_url
+
     def secret_free(self) -> dict[str, Any]:
         """The settings as JSON, for `run.json`: the secret replaced by whether it was set."""
         out = self.model_dump(mode="json", exclude=set(SECRET_FIELDS))
@@ -96,7 +101,7 @@ def is_loopback(url: str) -> bool:
 def register_scope(settings: Settings) -> str:
     """A directory name for the register a run talks to: `local-simulator`, or its API host
     and path (`partner.api.preprod.aemo.com.au-v2-der-register`)."""
-    if settings.embedded_simulator and not settings.base_url:
+    if settings.simulated:
         return "local-simulator"
     parts = urlsplit(settings.base_url or settings.nmi_base_url or "")
     # The port is left out: a simulator restarted on another port is the same register.

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.models import json_path
+from pipeline.validation import json_path
 
 _MISSING = object()
 

@@ -1,6 +1,6 @@
-"""The ledger's file format: tables, the statements that use them, row types, and opening
-a file as a ledger (checked, created). The SQL runs only in the ledger's own thread (see
-ledger.py); nothing here touches asyncio.
+"""The ledger's file format: tables, the statements that use them, and opening a file as a
+ledger (checked, created). The SQL runs only in the ledger's own thread (see ledger.py);
+nothing here touches asyncio. What the reads return is in ledger_rows.py.
 
     runs      one row per invocation: status, inputs, settings (no secrets), summary
     records   one row per (kind, nmi): does it exist at the register, and the content hash,
@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import orjson
 
 from pipeline.errors import LedgerError
+from pipeline.private_files import private_dir
 
 SCHEMA_VERSION = 1
 
@@ -140,104 +137,6 @@ CHILD_RUNS = """SELECT run_id, kind, status, created_at, finished_at, out_dir, i
     ORDER BY created_at"""
 
 
-@dataclass(frozen=True, slots=True)
-class RunRow:
-    """One invocation of the tool, as recorded in `runs`."""
-
-    run_id: str
-    kind: str
-    status: str
-    created_at: float
-    finished_at: float | None
-    out_dir: str
-    inputs: list[str]
-    settings: dict[str, Any]
-    parent_run_id: str | None
-    summary: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class RecordState:
-    """What the ledger knows of one (kind, nmi) across runs."""
-
-    exists: bool | None
-    last_success_hash: str | None
-    last_success_run: str | None
-    last_success_txn: str | None
-    last_success_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class InFlight:
-    """The latest attempt for an input record whose final outcome was never recorded.
-
-    `finished_at is None`: the request may or may not have reached the register. Otherwise
-    the answer arrived (`http_status`, `transaction_id`) but the run stopped before it
-    recorded the outcome, which can be a success that must not be sent again as a create.
-    """
-
-    seq: int
-    attempt_id: int
-    kind: str
-    nmi: str
-    action: str
-    content_hash: str
-    started_at: float
-    finished_at: float | None
-    http_status: int | None
-    transaction_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ItemRow:
-    """The final outcome of one input record of a run; `line` is its outcome-file line."""
-
-    seq: int
-    kind: str
-    nmi: str | None
-    outcome: str
-    line: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryRow:
-    """One event for a (kind, nmi): an HTTP attempt, or the final outcome of a record."""
-
-    run_id: str
-    seq: int
-    at: float
-    event: Literal["attempt", "outcome"]
-    action: str | None
-    http_status: int | None
-    transaction_id: str | None
-    outcome: str | None
-    content_hash: str | None
-
-
-def run_row(row: tuple[Any, ...]) -> RunRow:
-    summary = None if row[9] is None else orjson.loads(row[9])
-    inputs, settings = orjson.loads(row[6]), orjson.loads(row[7])
-    return RunRow(row[0], row[1], row[2], row[3], row[4], row[5], inputs, settings, row[8], summary)
-
-
-def history_row(row: tuple[Any, ...]) -> HistoryRow:
-    run_id, seq, at, is_outcome, _, action, http_status, txn, content_hash, line = row
-    if not is_outcome:
-        return HistoryRow(run_id, seq, at, "attempt", action, http_status, txn, None, content_hash)
-    item = orjson.loads(line)
-    return HistoryRow(
-        run_id,
-        seq,
-        at,
-        "outcome",
-        item["action"],
-        item["http_status"],
-        item["transaction_id"],
-        item["outcome"],
-        item["content_hash"],
-    )
-
-
 def unusable(path: Path, reason: object) -> LedgerError:
     return LedgerError(
         f"{path} is not a usable ledger: {reason}; move it aside or point --state-dir elsewhere"
@@ -260,12 +159,9 @@ def is_busy(exc: sqlite3.Error) -> bool:
 def open_ledger(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
     """Open the ledger at `path`, creating it if new; raise LedgerError if it is unusable."""
     try:
-        # The state directory and each parent made for it are the owner's alone (0o700):
-        # by default it is `.wem-der/<register>`, and `mkdir -p` would make `.wem-der` by
-        # the umask (0o755, or 0o777 under umask 0), open to others to list or replace.
-        missing = [directory for directory in path.parents if not directory.exists()]
-        for directory in reversed(missing):
-            directory.mkdir(mode=0o700, exist_ok=True)
+        # By default the state directory is `.wem-der/<register>`: `.wem-der` too must not be
+        # open to others to list or replace.
+        private_dir(path.parent)
         # Create the file before SQLite does so that it is born 0o600: SQLite then gives
         # the -wal and -shm files the database file's permissions.
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))

@@ -1,28 +1,18 @@
-"""Pydantic models of the records a client submits to AEMO's WEM DER Register.
+"""Pydantic models of the records a client submits to AEMO's WEM DER Register; no I/O.
 
 Field names are the JSON names of AEMO's operation definitions, odd casings included
 (`exportLimitkW` beside `importLimitKw`), so a model dumps to exactly what the API reads.
 Server-maintained fields (`SERVER_FIELDS`) are not part of a submission: the register
-assigns them. Which strings are enumerations, and their values, is data
-(`pipeline/data/enumerations.toml`), because AEMO has not published most of them.
-
-Validation never raises to the caller: `validate_record` returns the model or a list of
-`FieldIssue`, each naming the JSON path of the offending field.
+assigns them. Which strings are enumerations, and their values, is data (enumerations.py).
+Turning a decoded value into a model, or into the reasons it is not one, is validation.py's.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
-import tomllib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
-from functools import cache
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
@@ -31,10 +21,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
+
+from pipeline.enumerations import Enumerations, bundled_enumerations
 
 # Fields the register maintains and returns; a client that sends them is confused about
 # which side owns them (API-NOTES.md, "Server-maintained fields").
@@ -55,50 +46,6 @@ class RecordKind(StrEnum):
 
     INSTALLATION = "installation"
     NMI = "nmi"
-
-
-@dataclass(frozen=True, slots=True)
-class FieldIssue:
-    """One reason a record failed local validation."""
-
-    path: str
-    message: str
-
-    def as_json(self) -> dict[str, str]:
-        return {"path": self.path, "message": self.message}
-
-
-@dataclass(frozen=True)
-class Enumerations:
-    """The table of enumerated fields and formats, loaded from TOML."""
-
-    formats: Mapping[str, re.Pattern[str]]
-    sets: Mapping[str, frozenset[str]]
-    fields: Mapping[str, Mapping[str, str]]
-
-    @classmethod
-    def from_toml(cls, text: str) -> Enumerations:
-        raw = tomllib.loads(text)
-        return cls(
-            formats={k: re.compile(v) for k, v in raw.get("formats", {}).items()},
-            sets={k: frozenset(v) for k, v in raw.get("sets", {}).items()},
-            fields={kind: dict(table) for kind, table in raw.get("fields", {}).items()},
-        )
-
-    @classmethod
-    def from_file(cls, path: Path) -> Enumerations:
-        return cls.from_toml(path.read_text(encoding="utf-8"))
-
-    def allowed(self, kind: str, field: str) -> frozenset[str] | None:
-        set_name = self.fields.get(kind, {}).get(field)
-        return None if set_name is None else self.sets[set_name]
-
-
-@cache
-def bundled_enumerations() -> Enumerations:
-    """The table shipped with the package."""
-    text = resources.files("pipeline").joinpath("data/enumerations.toml").read_text("utf-8")
-    return Enumerations.from_toml(text)
 
 
 def _table(info: ValidationInfo) -> Enumerations:
@@ -265,7 +212,9 @@ class AcConnection(_Record):
     devices: list[Device] | None = None
 
 
-class _Keyed(_Record):
+class KeyedRecord(_Record):
+    """A whole record of either kind, keyed by its NMI: what `validate_record` returns."""
+
     nmi: str
 
     @field_validator("nmi", mode="after")
@@ -277,7 +226,7 @@ class _Keyed(_Record):
         return value
 
 
-class Installation(_Keyed):
+class Installation(KeyedRecord):
     """The `data` object of an Installation v2 create or update."""
 
     jobNumber: str | None = None
@@ -309,7 +258,7 @@ class Installation(_Keyed):
     acConnections: list[AcConnection] | None = None
 
 
-class NmiRecord(_Keyed):
+class NmiRecord(KeyedRecord):
     """The body of an NMI v1 create or update (not wrapped in `data`)."""
 
     kind: ClassVar[RecordKind] = RecordKind.NMI
@@ -327,80 +276,7 @@ class NmiRecord(_Keyed):
         return value
 
 
-MODELS: dict[RecordKind, type[_Keyed]] = {
+MODELS: dict[RecordKind, type[KeyedRecord]] = {
     RecordKind.INSTALLATION: Installation,
     RecordKind.NMI: NmiRecord,
 }
-
-
-def json_path(loc: tuple[int | str, ...]) -> str:
-    """`('acConnections', 0, 'details')` -> `acConnections[0].details`."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out or "(record)"
-
-
-def _suggestion(name: str, known: list[str]) -> str:
-    by_case = [k for k in known if k.lower() == name.lower()]
-    close = by_case or difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _unknown(model: BaseModel, loc: tuple[int | str, ...]) -> Iterator[FieldIssue]:
-    known = list(type(model).model_fields)
-    for name in model.model_extra or {}:
-        path = json_path((*loc, name))
-        if name in SERVER_FIELDS:
-            yield FieldIssue(path, "is maintained by the register and cannot be submitted")
-        else:
-            yield FieldIssue(path, f"unknown field{_suggestion(name, known)}")
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            yield from _unknown(value, (*loc, name))
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                if isinstance(item, BaseModel):
-                    yield from _unknown(item, (*loc, name, i))
-
-
-def _describe(error: Mapping[str, Any]) -> str:
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "missing":
-        return "required field is missing"
-    return message
-
-
-def validate_record(
-    obj: object,
-    kind: RecordKind,
-    *,
-    allow_unknown: bool = False,
-    enumerations: Enumerations | None = None,
-) -> _Keyed | list[FieldIssue]:
-    """Validate one decoded JSON value as a record of `kind`.
-
-    Unknown fields are refused (with a did-you-mean) unless `allow_unknown`, in which case
-    they are kept and sent as given.
-    """
-    if not isinstance(obj, dict):
-        return [FieldIssue("(record)", f"expected a JSON object, got {json_type(obj)}")]
-    context = {"enumerations": enumerations or bundled_enumerations()}
-    try:
-        model = MODELS[kind].model_validate(obj, context=context)
-    except ValidationError as exc:
-        return [FieldIssue(json_path(e["loc"]), _describe(e)) for e in exc.errors()]
-    if not allow_unknown:
-        issues = list(_unknown(model, ()))
-        if issues:
-            return issues
-    return model
-
-
-def record_payload(model: BaseModel) -> dict[str, Any]:
-    """The JSON-ready dict of a record: exactly the fields that were given."""
-    return model.model_dump(mode="json", exclude_unset=True)

@@ -25,10 +25,6 @@ class Outcome(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
 
-    @property
-    def is_success(self) -> bool:
-        return self in {Outcome.ACCEPTED, Outcome.CONDITIONAL, Outcome.SKIPPED}
-
 
 class Action(StrEnum):
     """What the operator asked for (`--action`), and what a request actually did."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.codec import content_hash
-from pipeline.models import Enumerations, FieldIssue, RecordKind, record_payload, validate_record
+from pipeline.enumerations import Enumerations
+from pipeline.models import RecordKind
 from pipeline.outcomes import Outcome, OutcomeRecord, PreparedRecord, SourceItem
+from pipeline.validation import FieldIssue, record_payload, validate_record
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Preflight:
 def _wrapper_issue(value: object) -> FieldIssue | None:
     """A `data` key left after reading: a wrapper with company, or a wrapper wrapped again.
 
-    Reading removes a `{"data": {...}}` wrapper only when `data` is its one key (sources.py).
+    Reading removes a `{"data": {...}}` wrapper only when `data` is its one key (decode.py).
     Neither record kind has a `data` field, so without this the record would be refused as
     "nmi: required field is missing" while its NMI sits plainly inside `data`.
     """

@@ -11,7 +11,7 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,29 +19,27 @@ from typing import Any
 
 import aiohttp
 import orjson
-import structlog
-from pydantic import SecretStr
 
 from pipeline.answers import AlreadyExists
 from pipeline.auth import TokenProvider
 from pipeline.client import ApiClient, TlsSettings, make_session
 from pipeline.codec import Compression
-from pipeline.config import Settings, is_loopback
+from pipeline.config import Settings
+from pipeline.endpoints import Endpoints, check_endpoints, endpoints, warn_if_insecure
 from pipeline.engine import Engine, Lineage, interruptible
+from pipeline.enumerations import load_enumerations
 from pipeline.errors import ConfigError, RunAborted
 from pipeline.ledger import Ledger
 from pipeline.limiter import QuotaLimiter, parse_rate
-from pipeline.models import Enumerations, RecordKind
+from pipeline.models import RecordKind
 from pipeline.outcomes import Action, Outcome, OutcomeRecord
 from pipeline.plan import RunPlan, plan_items
 from pipeline.preflight import Preflight
+from pipeline.private_files import private_dir, write_json_atomic
 from pipeline.retry import RetryPolicy
-from pipeline.routes import Routes
 from pipeline.runlock import run_lock
-from pipeline.sinks import OutcomeSink, private_dir, rewrite, write_json_atomic
+from pipeline.sinks import OutcomeSink, rewrite
 from pipeline.workers import Submitter
-
-log = structlog.get_logger()
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -51,19 +49,6 @@ LEDGER_FILE = "ledger.sqlite3"
 # got one of these needs no read-back on resume (a 500, 502 or 504 may hide a write that
 # was applied, and no answer at all certainly may).
 REFUSED_UNAPPLIED = frozenset({400, 401, 403, 404, 405, 411, 413, 415, 422, 429, 503})
-SIMULATOR_FILE = "simulator.sqlite3"
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """Where to send, and as whom."""
-
-    token_url: str
-    routes: Routes
-    client_id: str
-    client_secret: SecretStr
-    participant_id: str
-    simulator: Any = None  # the embedded simulator, for its statistics
 
 
 @dataclass
@@ -112,71 +97,10 @@ def default_concurrency(count: int, period_s: float) -> int:
     return max(4, min(256, math.ceil(count / period_s)))
 
 
-def check_endpoints(settings: Settings, kind: RecordKind) -> None:
-    """Refuse, before anything starts, a run whose register settings are incomplete."""
-    if settings.embedded_simulator and not settings.base_url:
-        return
-    needed = {
-        "token_url": "--token-url / WEMDER_TOKEN_URL",
-        "client_id": "--client-id / WEMDER_CLIENT_ID",
-        "client_secret": "WEMDER_CLIENT_SECRET / --client-secret-file",
-        "participant_id": "--participant-id / WEMDER_PARTICIPANT_ID",
-        ("base_url" if kind is RecordKind.INSTALLATION else "nmi_base_url"): (
-            "--base-url / WEMDER_BASE_URL"
-            if kind is RecordKind.INSTALLATION
-            else "--nmi-base-url / WEMDER_NMI_BASE_URL"
-        ),
-    }
-    missing = [how for name, how in needed.items() if getattr(settings, name) is None]
-    if missing:
-        raise ConfigError(f"profile {settings.env!r} needs: {', '.join(missing)}")
-
-
-@contextlib.asynccontextmanager
-async def endpoints(settings: Settings, kind: RecordKind) -> AsyncIterator[Endpoints]:
-    """The embedded simulator (the `local` default), or the configured AEMO endpoints."""
-    if settings.embedded_simulator and not settings.base_url:
-        from pipeline.simulator import Simulator, SimulatorSettings
-
-        secret = SecretStr(secrets.token_urlsafe(24))
-        count, period_s = parse_rate(settings.rate_limit)
-        client_id = settings.client_id or "local-client"
-        sim_settings = SimulatorSettings(
-            client_id=client_id,
-            client_secret=secret,
-            quota_count=count,
-            quota_period_s=period_s,
-            db_path=settings.state_dir / SIMULATOR_FILE,
-        )
-        async with Simulator(sim_settings) as sim:
-            yield Endpoints(
-                token_url=sim.token_url,
-                routes=Routes(sim.installation_url, sim.nmi_url),
-                client_id=client_id,
-                client_secret=secret,
-                participant_id=settings.participant_id or "LOCALNSP",
-                simulator=sim,
-            )
-        return
-    check_endpoints(settings, kind)
-    assert settings.token_url and settings.client_id and settings.client_secret  # noqa: PT018
-    assert settings.participant_id  # checked just above; narrows for the type checker
-    yield Endpoints(
-        token_url=settings.token_url,
-        routes=Routes(settings.base_url or "", settings.nmi_base_url or ""),
-        client_id=settings.client_id,
-        client_secret=settings.client_secret,
-        participant_id=settings.participant_id,
-    )
-
-
-def _warn_insecure(settings: Settings, ep: Endpoints) -> None:
-    if not settings.insecure:
-        return
-    urls = [ep.token_url, ep.routes.installation_url, ep.routes.nmi_url]
-    remote = [u for u in urls if u and not is_loopback(u)]
-    if remote:
-        log.warning("tls.verification_disabled", hosts=remote, flag="--insecure")
+def preflight_for(settings: Settings, kind: RecordKind) -> Preflight:
+    """The validation a run (or `validate`, or a dry run) applies to records of `kind`."""
+    enumerations = load_enumerations(settings.enumerations_file)
+    return Preflight(kind, settings.allow_unknown_fields, enumerations)
 
 
 def _prepare(settings: Settings, plan: RunPlan, resume: bool) -> Path:
@@ -317,16 +241,13 @@ async def execute(
         ca_file=settings.ca_file,
         verify=not settings.insecure,
     )
-    enumerations = (
-        Enumerations.from_file(settings.enumerations_file) if settings.enumerations_file else None
-    )
     async with contextlib.AsyncExitStack() as stack:
         stack.enter_context(run_lock(out_dir, plan.run_id))
         ledger = await stack.enter_async_context(Ledger(settings.state_dir / LEDGER_FILE))
         done, read_back = await _open_run(ledger, settings, plan, out_dir, resume)
         hooks.on_start(plan.run_id, out_dir)
         ep = await stack.enter_async_context(endpoints(settings, plan.kind))
-        _warn_insecure(settings, ep)
+        warn_if_insecure(settings, ep)
         session = await stack.enter_async_context(
             make_session(tls=tls, concurrency=concurrency, timeout_s=settings.timeout_s)
         )
@@ -344,7 +265,7 @@ async def execute(
         sink = stack.enter_context(OutcomeSink(out_dir, append=resume))
         engine = Engine(
             run_id=plan.run_id,
-            preflight=Preflight(plan.kind, settings.allow_unknown_fields, enumerations),
+            preflight=preflight_for(settings, plan.kind),
             submitter=submitter,
             ledger=ledger,
             sink=sink,

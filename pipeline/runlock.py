@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from pipeline.private_files import private_dir
 
 LOCK_FILE = ".lock"
 
@@ -22,7 +23,7 @@ LOCK_FILE = ".lock"
 def run_lock(out_dir: Path, run_id: str) -> Iterator[None]:
     """Hold the lock of `out_dir` for the block; ConfigError if another process holds it."""
     try:
-        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(out_dir)
         fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise ConfigError(

@@ -24,6 +24,7 @@ from typing import Any, Self
 import orjson
 
 from pipeline.outcomes import Outcome, OutcomeRecord
+from pipeline.private_files import private_dir, write_all, write_json_atomic
 
 PROBLEMS_CSV = "problems.csv"
 SUMMARY_JSON = "summary.json"
@@ -43,18 +44,6 @@ _WITH_PROBLEMS = frozenset({Outcome.REJECTED, Outcome.CONDITIONAL})
 # cell with a single quote, which the spreadsheet shows as text
 # (https://owasp.org/www-community/attacks/CSV_Injection).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def private_dir(path: Path) -> None:
-    """Make the directory `path`, and each missing parent, readable by its owner only (0o700).
-
-    `mkdir -p` would make the parents by the umask (0o755, or 0o777 under umask 0): a
-    directory the tool creates is its owner's alone, whichever part of the path it is.
-    Directories that exist are left as they are.
-    """
-    missing = [directory for directory in (path, *path.parents) if not directory.exists()]
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
 
 
 def outcome_file(outcome: Outcome) -> str:
@@ -85,7 +74,7 @@ class OutcomeSink:
             self._problems_fd = self._open(PROBLEMS_CSV)
             # The header goes in once, also when a resumed run adds to an existing file.
             if os.fstat(self._problems_fd).st_size == 0:
-                _write_all(self._problems_fd, _csv_rows([PROBLEM_COLUMNS]))
+                write_all(self._problems_fd, _csv_rows([PROBLEM_COLUMNS]))
         except BaseException:
             self._close()
             raise
@@ -103,9 +92,9 @@ class OutcomeSink:
         """Put one outcome on disk (in the OS's hands) before returning."""
         if not self._fds:
             raise RuntimeError("OutcomeSink.write called outside its with-block")
-        _write_all(self._fds[outcome.outcome], outcome.to_line())
+        write_all(self._fds[outcome.outcome], outcome.to_line())
         if outcome.outcome in _WITH_PROBLEMS:
-            _write_all(self._problems_fd, _csv_rows(_problem_rows(outcome)))
+            write_all(self._problems_fd, _csv_rows(_problem_rows(outcome)))
         self._counts[outcome.outcome] += 1
 
     @property
@@ -148,31 +137,6 @@ def rewrite(out_dir: Path, outcomes: Iterable[OutcomeRecord]) -> dict[str, int]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return sink.counts
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Write `obj` as indented JSON to `path` (mode 0o600): all of it or, on a crash, none."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        try:
-            _write_all(
-                fd, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-            )
-            os.fsync(fd)  # the bytes are on disk before the name points at them
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    # One write() for a line on an O_APPEND descriptor lands in one piece; the loop only
-    # matters if the OS takes part of it (a full disk), and then the rest follows.
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _problem_rows(outcome: OutcomeRecord) -> list[tuple[str, ...]]:

@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
+
 import pytest
 
 # Assertions in the end-to-end helpers explain themselves like those in test modules.
 pytest.register_assert_rewrite("tests.e2e")
 
 from tests.e2e import Tap, install_tap  # noqa: E402 - after the rewrite hook is registered
+from tests.processes import Sim, simulator  # noqa: E402
+from tests.scripted import Scripted, serve  # noqa: E402
 
 
 @pytest.fixture
 def tap(monkeypatch: pytest.MonkeyPatch) -> Tap:
     """Every DER request that simulators started in the test receive, in arrival order."""
     return install_tap(monkeypatch)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Scripted]:
+    """A scripted HTTP server on loopback, for a client-side test to script and inspect."""
+    async with serve() as scripted:
+        yield scripted
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
+    """A simulator process, with its defaults, shared by the tests of one module."""
+    with simulator(tmp_path_factory.mktemp("sim")) as running:
+        yield running
+
+
+@pytest.fixture
+def register(sim: Sim) -> Sim:
+    """The module's simulator, emptied."""
+    sim.reset()
+    return sim

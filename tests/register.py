@@ -6,14 +6,12 @@ from typing import Any
 
 from pipeline.models import SERVER_FIELDS
 
-# Server-maintained fields, and the dates the register stamps beside them.
-STAMPED = SERVER_FIELDS | {"recordCreationDate", "recordUpdateDate", "recordConfirmedDate"}
-
 
 def unstamped(value: Any) -> Any:
-    """A stored record without what the register adds to it: what was sent, if all is well."""
+    """A stored record without what the register adds to it (its server-maintained fields,
+    the dates it stamps among them): what was sent, if all is well."""
     if isinstance(value, dict):
-        return {k: unstamped(v) for k, v in value.items() if k not in STAMPED}
+        return {k: unstamped(v) for k, v in value.items() if k not in SERVER_FIELDS}
     if isinstance(value, list):
         return [unstamped(v) for v in value]
     return value

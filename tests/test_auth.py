@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from pipeline.auth import TokenProvider
 from pipeline.errors import CredentialsRefused, Misconfigured, RunAborted
-from tests.scripted import Reply, Scripted, serve
+from tests.scripted import Reply, Scripted
 
 SECRET = "s3cr3t-VALUE-never-shown"
 BASIC = base64.b64encode(f"client-1:{SECRET}".encode()).decode()
@@ -44,12 +44,6 @@ class Sleeps:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Scripted]:
-    async with serve() as scripted:
-        yield scripted
 
 
 @pytest.fixture

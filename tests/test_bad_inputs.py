@@ -19,8 +19,9 @@ import orjson
 import pytest
 
 from pipeline import sources
+from pipeline.decode import READ_SIZE
 from pipeline.simulator import Simulator
-from pipeline.sources import READ_SIZE, iter_items
+from pipeline.sources import iter_items
 from tests.e2e import (
     assert_each_once,
     endpoint_flags,

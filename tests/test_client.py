@@ -44,12 +44,6 @@ class Ticks:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[Scripted]:
-    async with serve() as scripted:
-        yield scripted
-
-
-@pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with make_session(tls=TlsSettings(), concurrency=4, timeout_s=10) as client_session:
         yield client_session

@@ -5,36 +5,20 @@ Against a simulator process without faults, so that every request count is exact
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from pipeline.samples import installations
 from tests.processes import (
     Sim,
     outcome_lines,
     run_id_of,
-    simulator,
     summary_of,
     wem_der,
     write_jsonl,
 )
 
 COUNT = 40
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    with simulator(tmp_path_factory.mktemp("sim")) as running:
-        yield running
-
-
-@pytest.fixture
-def register(sim: Sim) -> Sim:
-    sim.reset()
-    return sim
 
 
 def batch(**changes: Any) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from pipeline.errors import LedgerError
 from pipeline.ledger import Ledger
 from pipeline.models import RecordKind
 from pipeline.outcomes import Action, Outcome, OutcomeRecord, SourceRef
+from tests.damage import overwrite_with_garbage, tear_the_items_table
 
 NMI = RecordKind.NMI
 HASH = "a" * 64
@@ -407,20 +408,6 @@ async def test_cancellation_outlives_a_failed_ledger(path: Path) -> None:
         with pytest.raises(asyncio.CancelledError) as cancelled:
             await task
     assert "no such table: items" in " ".join(getattr(cancelled.value, "__notes__", []))
-
-
-def overwrite_with_garbage(path: Path) -> None:
-    path.write_bytes(b"definitely not SQLite " * 200)
-
-
-def tear_the_items_table(path: Path) -> None:
-    """Overwrite the items table's root page; the schema and meta pages stay readable."""
-    with closing(sqlite3.connect(path)) as conn:
-        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'items'").fetchone()
-        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
-    data = bytearray(path.read_bytes())
-    data[(root - 1) * page_size : root * page_size] = b"\xab" * page_size
-    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from functools import partial
 from pathlib import Path
@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.samples import installations
+from tests.damage import overwrite_with_garbage, tear_the_items_table
 from tests.processes import (
     Result,
     Sim,
     count_lines,
     outcome_lines,
     run_id_of,
-    simulator,
     start,
     summary_of,
     wait_until,
@@ -32,12 +32,6 @@ from tests.processes import (
 LEDGER = "ledger.sqlite3"
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    with simulator(tmp_path_factory.mktemp("sim")) as running:
-        yield running
-
-
 @pytest.fixture
 def earlier_run(sim: Sim, tmp_path: Path) -> Path:
     """The outcome directory of a finished run whose ledger is `tmp_path/state`."""
@@ -46,20 +40,6 @@ def earlier_run(sim: Sim, tmp_path: Path) -> Path:
     done = wem_der("submit", str(inputs), "--out", str(out), *sim.flags(tmp_path / "state"))
     assert done.code == 0, done.output
     return out
-
-
-def garbage(path: Path) -> None:
-    path.write_bytes(b"definitely not SQLite " * 200)
-
-
-def torn_items_table(path: Path) -> None:
-    """Overwrite the root page of `items`; the header and schema stay readable."""
-    with closing(sqlite3.connect(path)) as conn:
-        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'items'").fetchone()
-        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
-    data = bytearray(path.read_bytes())
-    data[(root - 1) * page_size : root * page_size] = b"\xab" * page_size
-    path.write_bytes(bytes(data))
 
 
 def command(name: str, sim: Sim, out: Path, state: Path) -> list[str]:
@@ -82,7 +62,7 @@ def assert_clean_exit_2(result: Result, message: str) -> None:
 @pytest.mark.parametrize("name", ["submit", "resume", "resubmit", "report"])
 @pytest.mark.parametrize(
     ("damage", "reason"),
-    [(garbage, "file is not a database"), (torn_items_table, "malformed")],
+    [(overwrite_with_garbage, "file is not a database"), (tear_the_items_table, "malformed")],
     ids=["garbage", "torn"],
 )
 def test_a_damaged_ledger_is_a_clear_exit_2_and_nothing_is_sent(

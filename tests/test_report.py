@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from pipeline.outcomes import Action, Outcome, OutcomeRecord, SourceRef
 from pipeline.report import collect, quota_use, render
 from pipeline.report_text import table
 from pipeline.samples import installations
-from tests.processes import Sim, run_id_of, simulator, wem_der, write_jsonl
+from tests.processes import Sim, run_id_of, wem_der, write_jsonl
 
 INST = RecordKind.INSTALLATION
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -231,12 +230,6 @@ def test_table_aligns_numbers_right_and_text_left() -> None:
     assert table(("name", "n"), [("a", 5), ("bbb", 100)]) == (
         "  name    n\n  a       5\n  bbb   100"
     )
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    with simulator(tmp_path_factory.mktemp("sim")) as running:
-        yield running
 
 
 def test_the_report_command_on_real_runs(sim: Sim, tmp_path: Path) -> None:

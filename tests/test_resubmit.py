@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,13 @@ import pytest
 
 from pipeline.reconcile import register_holds
 from pipeline.samples import installations
-from tests.processes import Sim, outcome_lines, run_id_of, simulator, wem_der, write_jsonl
+from tests.processes import Sim, outcome_lines, run_id_of, wem_der, write_jsonl
 
 # Positions in the batch, and what the simulated register makes of them.
 PHASES = 8  # installedPhasesCount 3 > availablePhasesCount 1: rejected, rule 1012
 FUTURE = 9  # commissioned in 2099: rejected, rule 1010
 EXPORT = 10  # exportLimitkW above approvedCapacity: conditional, rule 2024
 PHASES_TOO = 11  # rejected, rule 1012, and never corrected
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    with simulator(tmp_path_factory.mktemp("sim")) as running:
-        yield running
 
 
 def batch() -> list[dict[str, Any]]:

@@ -50,13 +50,6 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
         yield running
 
 
-@pytest.fixture
-def register(sim: Sim) -> Sim:
-    """The module's simulator, emptied."""
-    sim.reset()
-    return sim
-
-
 def records(start_at: int, **changes: Any) -> list[dict[str, Any]]:
     out = list(installations(RECORDS, seed=start_at, start=start_at))
     for record in out:

@@ -12,13 +12,8 @@ import pytest
 
 from pipeline.models import RecordKind
 from pipeline.outcomes import Outcome, OutcomeRecord, SourceRef
-from pipeline.sinks import (
-    PROBLEM_COLUMNS,
-    OutcomeSink,
-    outcome_file,
-    rewrite,
-    write_json_atomic,
-)
+from pipeline.private_files import write_json_atomic
+from pipeline.sinks import PROBLEM_COLUMNS, OutcomeSink, outcome_file, rewrite
 
 OUTCOME_FILES = sorted(outcome_file(o) for o in Outcome)
 ALL_FILES = [*OUTCOME_FILES, "problems.csv", "summary.json"]

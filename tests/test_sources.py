@@ -17,10 +17,11 @@ import orjson
 import pytest
 
 from pipeline import sources
+from pipeline.decode import READ_SIZE, StreamError, gunzip
 from pipeline.errors import InputError
 from pipeline.jsonsplit import ArraySplitter, Element, SplitError
 from pipeline.outcomes import SourceItem, SourceRef
-from pipeline.sources import MAX_ITEM_BYTES, READ_SIZE, check_paths, iter_items
+from pipeline.sources import MAX_ITEM_BYTES, check_paths, iter_items
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -149,8 +150,8 @@ def test_truncated_gzip_gives_all_it_can_in_bounded_pieces() -> None:
     for cut in range(1, len(whole)):
         data = whole[:cut]
         pieces: list[bytes] = []
-        with pytest.raises(sources._StreamError, match="gzip stream truncated"):
-            pieces.extend(sources._gunzip([data]))
+        with pytest.raises(StreamError, match="gzip stream truncated"):
+            pieces.extend(gunzip([data]))
         assert b"".join(pieces) == zlib.decompressobj(wbits=31).decompress(data), cut
         assert all(0 < len(piece) <= READ_SIZE for piece in pieces)
 

@@ -20,8 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.models import json_path
 from pipeline.simulator.store import JsonObject
+from pipeline.validation import json_path
 
 Operation = Literal["installation.create", "installation.update", "nmi.create", "nmi.update"]
 Values = dict[str, object]

@@ -7,9 +7,10 @@ and turns its issues into AEMO's error envelope.
 
 from __future__ import annotations
 
-from pipeline.models import FieldIssue, RecordKind, validate_record
+from pipeline.models import RecordKind
 from pipeline.simulator.envelope import SCHEMA_CODE, ApiError
 from pipeline.simulator.store import JsonObject
+from pipeline.validation import FieldIssue, validate_record
 
 _TITLE = "Schema validation failed"
 

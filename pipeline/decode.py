@@ -1,0 +1,258 @@
+"""From the bytes of one input to its items: format detection, decoding, and what went wrong.
+
+The format is found from the bytes, not the name: gzip by the magic bytes 1f 8b (then
+decompressed), a JSON array when the first byte that is not whitespace is "[", JSON Lines
+otherwise (and what follows an array's closing "]" is read as JSON Lines too). A record
+is a bare object or one wrapped as `{"data": {...}}`; the wrapper is removed.
+
+Every problem becomes a `SourceItem` with an `error`, and decoding goes on with the next
+line; bytes that end early (`StreamError`) end the input. Blank lines are not records and
+are skipped. A value that is valid JSON but not an object (a number, an array) is passed
+on as a value, as any other: record validation says what is wrong with it, so there is
+one place that judges content.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from typing import Any
+
+import orjson
+
+from pipeline.jsonsplit import ArraySplitter, Element, SplitError, oversize_reason
+from pipeline.outcomes import SourceItem, SourceRef
+
+# The size of a read from an input, and the most that one step of gunzip may produce.
+READ_SIZE = 64 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
+_WS = b" \t\r\n"
+_ERROR_TEXT_MAX = 200
+
+
+class StreamError(Exception):
+    """The bytes of one input ended early or could not be read; the next input is read."""
+
+
+def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Decompress gzip chunk by chunk; no output is over READ_SIZE, so a gzip bomb stays small."""
+    member = None
+    try:
+        for chunk in chunks:
+            data = chunk
+            while data:
+                # wbits=31: a gzip header and trailer. `cat a.gz b.gz` is valid gzip of two
+                # members, so a member that ends makes way for the next.
+                member = member or zlib.decompressobj(wbits=31)
+                while True:
+                    out = member.decompress(data, READ_SIZE)
+                    if out:
+                        yield out
+                    data = member.unconsumed_tail
+                    # A full output may leave more behind even with no input left.
+                    if member.eof or (not data and len(out) < READ_SIZE):
+                        break
+                if member.eof:
+                    data, member = member.unused_data, None
+    except zlib.error as exc:
+        raise StreamError(f"gzip stream corrupt ({exc})") from exc
+    if member is not None:
+        raise StreamError("gzip stream truncated")
+
+
+def items_from_chunks(label: str, raw: Iterator[bytes], limit: int) -> Iterator[SourceItem]:
+    """The items of the input `label`, whose bytes as read are `raw`; none over `limit` bytes.
+
+    A `StreamError` from `raw` or from gunzip ends the input with one item that says where.
+    """
+    lines = 0  # newlines passed to the parser, so that an early end can say where
+
+    def counted() -> Iterator[bytes]:
+        nonlocal lines
+        for chunk in _decompressed(raw):
+            lines += chunk.count(b"\n")
+            yield chunk
+
+    try:
+        yield from _parse(label, counted(), limit)
+    except StreamError as exc:
+        yield SourceItem(SourceRef(label, line=lines + 1), error=f"{exc} after line {lines}")
+
+
+def _decompressed(raw: Iterator[bytes]) -> Iterator[bytes]:
+    """The bytes of an input, gunzipped if they start with the gzip magic (whatever the name)."""
+    first = next(raw, b"")
+    chunks = chain([first], raw)
+    yield from gunzip(chunks) if first.startswith(_GZIP_MAGIC) else chunks
+
+
+def _parse(label: str, chunks: Iterator[bytes], limit: int) -> Iterator[SourceItem]:
+    """Pass a BOM and leading whitespace; the first byte after them says the format."""
+    line, offset = 1, 0
+    for chunk in chunks:
+        head = chunk
+        if offset == 0 and chunk.startswith(_BOM):
+            # Windows editors write a UTF-8 BOM; it carries no meaning, so it is dropped.
+            head, offset = chunk[len(_BOM) :], len(_BOM)
+        content = head.lstrip(_WS)
+        if content:
+            parse = _array_items if content.startswith(b"[") else _jsonl_items
+            yield from parse(label, chain([head], chunks), limit, line=line, offset=offset)
+            return
+        line += head.count(b"\n")
+        offset += len(head)
+
+
+def _jsonl_items(
+    label: str, chunks: Iterator[bytes], limit: int, *, line: int, offset: int, column: int = 1
+) -> Iterator[SourceItem]:
+    """One value per line; the first chunk starts at `line`, `column` and file `offset`."""
+    pending: list[bytes] = []  # the start of a line that goes on in the next chunk
+    start = offset  # file offset of the line being read
+    dropping = False  # the line being read is over the limit, and was reported
+    for chunk in chunks:
+        at = 0
+        while (newline := chunk.find(b"\n", at)) >= 0:
+            if not dropping:
+                data = chunk[at:newline]
+                if pending:
+                    data = b"".join([*pending, data])
+                    pending.clear()
+                item = _line_item(label, data, limit, line=line, column=column, offset=start)
+                if item is not None:
+                    yield item
+            dropping = False
+            line, column = line + 1, 1
+            at = newline + 1
+            start = offset + at
+        offset += len(chunk)
+        if at < len(chunk) and not dropping:
+            pending.append(chunk[at:])
+            if sum(map(len, pending)) > limit:
+                so_far = b"".join(pending)
+                pending.clear()
+                if so_far.strip(_WS):
+                    yield SourceItem(SourceRef(label, line=line), error=oversize_reason(limit))
+                    dropping = True
+                else:
+                    # Whitespace is not a record, however long: it is dropped rather than
+                    # reported as one over the limit, and what follows on the line is read
+                    # (its place counted on past the whitespace).
+                    start += len(so_far)
+                    column += len(so_far)
+    if pending:  # the last line has no newline
+        item = _line_item(label, b"".join(pending), limit, line=line, column=column, offset=start)
+        if item is not None:
+            yield item
+
+
+def _line_item(
+    label: str, data: bytes, limit: int, *, line: int, column: int, offset: int
+) -> SourceItem | None:
+    if not data.strip(_WS):
+        return None  # a blank line is not a record
+    ref = SourceRef(label, line=line)
+    if len(data) > limit:
+        return SourceItem(ref, error=oversize_reason(limit))
+    return _decode(data, ref, line=line, column=column, offset=offset)
+
+
+def _array_items(
+    label: str, chunks: Iterator[bytes], limit: int, *, line: int, offset: int
+) -> Iterator[SourceItem]:
+    """The elements of one JSON array; `line` and `offset` are where the first chunk starts."""
+    splitter = ArraySplitter(max_element_bytes=limit, line=line, offset=offset)
+    for chunk in chunks:
+        yield from _split_items(label, splitter.feed(chunk))
+        if (rest := splitter.rest) is not None:
+            # More values after the array, as in `cat a.json b.jsonl`, or a JSON Lines file
+            # whose first line is an array: reading on line by line loses none of them.
+            more = chain([rest.data], chunks)
+            yield from _jsonl_items(
+                label, more, limit, line=rest.line, offset=rest.offset, column=rest.column
+            )
+            return
+    yield from _split_items(label, splitter.close())
+
+
+def _split_items(label: str, events: list[Element | SplitError]) -> Iterator[SourceItem]:
+    for event in events:
+        ref = SourceRef(label, line=event.line, index=event.index)
+        if isinstance(event, Element):
+            yield _decode(
+                event.data, ref, line=event.line, column=event.column, offset=event.offset
+            )
+        else:
+            yield SourceItem(ref, error=event.message)
+
+
+def _decode(data: bytes, ref: SourceRef, *, line: int, column: int, offset: int) -> SourceItem:
+    """Decode one value; `line`, `column` and `offset` are where `data` starts in the file."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return SourceItem(ref, error=_reason(data, exc, line=line, column=column, offset=offset))
+    # The Installation API's body is {"data": {...}}; the wrapper is not part of the record.
+    if isinstance(value, dict) and len(value) == 1 and "data" in value:
+        value = value["data"]
+    ambiguity = _ambiguity(data, value)
+    if ambiguity is not None:
+        return SourceItem(ref, value=value, error=ambiguity)
+    return SourceItem(ref, value=value)
+
+
+class _DuplicateKey(Exception):
+    """An object names the same key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _ambiguity(data: bytes, value: object) -> str | None:
+    """Why `value` (orjson's reading of `data`) is not what `data` says, if it is not.
+
+    orjson accepts two things silently that would send something other than what the file
+    says: an object that names a key twice (it keeps the last value, so which one was meant
+    is a guess, and for `nmi` it decides which installation is changed) and an integer
+    beyond 64 bits (it becomes a float, and loses digits). The standard library's parser
+    tells both; it reads only bytes orjson has accepted, for about 10 us a record.
+    """
+    try:
+        exact = json.loads(data, object_pairs_hook=_unique_keys)
+        if isinstance(exact, dict) and len(exact) == 1 and "data" in exact:
+            exact = exact["data"]
+        same = exact == value
+    except _DuplicateKey as exc:
+        return f"duplicate key {exc.args[0]!r} in one object; which value is meant is unclear"
+    except RecursionError:
+        return "nested too deeply to be checked"
+    return None if same else "an integer beyond 64 bits, which cannot be sent exactly"
+
+
+def _reason(
+    data: bytes, exc: orjson.JSONDecodeError, *, line: int, column: int, offset: int
+) -> str:
+    """Say why `data` is not JSON, and where, in the file's terms rather than orjson's."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        byte = data[bad.start]
+        return f"not valid UTF-8: byte 0x{byte:02x} at byte offset {offset + bad.start}"
+    # orjson counts from the start of `data`, which need not be the start of a line.
+    if exc.lineno > 1:
+        line, column = line + exc.lineno - 1, 1
+    where = f"line {line}, column {column + exc.colno - 1}"
+    if text.startswith(("NaN", "Infinity"), exc.pos):
+        return f"NaN and Infinity are not valid JSON numbers ({where})"
+    return f"broken JSON: {exc.msg[:_ERROR_TEXT_MAX]} ({where})"
