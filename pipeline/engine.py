@@ -23,6 +23,7 @@ from pipeline.ledger import Ledger
 from pipeline.models import RecordKind
 from pipeline.outcomes import Action, Outcome, OutcomeRecord, PreparedRecord, SourceItem
 from pipeline.preflight import Preflight, nmi_of
+from pipeline.recent import Recent
 from pipeline.sinks import OutcomeSink
 from pipeline.workers import Submitter
 
@@ -100,12 +101,15 @@ class Engine:
         self.not_sent = 0
         # Bounds the records held between the producer and the end of their submission
         # (queued or waiting behind an earlier record of the same NMI): backpressure.
-        self._slots = asyncio.Semaphore(concurrency * 4)
+        held = concurrency * 4
+        self._slots = asyncio.Semaphore(held)
         self._queue: asyncio.Queue[PreparedRecord | None] = asyncio.Queue(concurrency * 2)
         self._busy: dict[tuple[RecordKind, str], deque[PreparedRecord]] = {}
-        # NMIs met earlier in this run: a later record of the same NMI is never "unchanged"
-        # by the ledger's account, since the register's content may have moved since.
-        self._seen: set[tuple[RecordKind, str]] = set()
+        # NMIs dispatched or finished lately. A record's ledger state was looked up with its
+        # chunk; it may be stale only if a record of the same NMI was busy then, or finished
+        # since. Between a lookup and a dispatch at most one chunk is dispatched and at most
+        # `held` records finish, so keys touched within twice that are all that can matter.
+        self._recent: Recent[tuple[RecordKind, str], None] = Recent(2 * (held + LOOKUP_CHUNK))
 
     async def run(self, items: AsyncIterator[tuple[int, SourceItem]]) -> None:
         async with asyncio.TaskGroup() as group:
@@ -175,14 +179,16 @@ class Engine:
         for rec in chunk:
             key = (rec.kind, rec.nmi)
             state = states.get((rec.kind.value, rec.nmi))
-            first = key not in self._seen
-            self._seen.add(key)
+            # The ledger's account of the register is current only if no record of this
+            # NMI is in the run's hands or has just left them.
+            current = key not in self._busy and key not in self._recent
+            self._recent[key] = None
             if self._stop.is_set():
                 self._not_sent(rec.seq, _pending(rec))
                 continue
             if (
                 state is not None
-                and first
+                and current
                 and not self._force
                 and rec.seq not in self._read_back_seqs
                 and state.last_success_hash == rec.content_hash
@@ -206,9 +212,16 @@ class Engine:
                 await self._submit(current)
                 self._slots.release()
                 key = (current.kind, current.nmi)
+                self._recent[key] = None
                 waiting = self._busy[key]
-                current = waiting.popleft() if waiting else None
-                if current is None:
+                if waiting:
+                    # Its ledger state predates the record just finished: hand over what
+                    # that one learnt about the NMI's existence at the register.
+                    after = waiting.popleft()
+                    known = self._submitter.known(after)
+                    current = after if known is None else replace(after, exists=known)
+                else:
+                    current = None
                     del self._busy[key]
 
     async def _submit(self, rec: PreparedRecord) -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
 from pipeline.answers import AlreadyExists
 from pipeline.auth import TokenProvider
@@ -38,7 +37,7 @@ from pipeline.preflight import Preflight
 from pipeline.private_files import private_dir, write_json_atomic
 from pipeline.retry import RetryPolicy
 from pipeline.runlock import run_lock
-from pipeline.sinks import OutcomeSink, rewrite
+from pipeline.sinks import OutcomeSink, rewriting
 from pipeline.workers import Submitter
 
 Clock = Callable[[], float]
@@ -147,8 +146,10 @@ async def _open_run(
     }
     # The files are rebuilt from the ledger, so a record whose line was written before the
     # crash but whose outcome was not yet final in the ledger does not appear twice.
-    items = await ledger.run_items(plan.run_id)
-    rewrite(out_dir, [OutcomeRecord.from_json(orjson.loads(row.line)) for row in items])
+    # Streamed as stored: a migration's million finished lines are copied, not decoded.
+    with rewriting(out_dir) as sink:
+        async for row in ledger.iter_run_items(plan.run_id):
+            sink.write_line(Outcome(row.outcome), row.line)
     return done, read_back
 
 

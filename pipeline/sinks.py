@@ -10,13 +10,14 @@ the owner's alone (0o700, files 0o600). Payloads of records are never written he
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -90,12 +91,20 @@ class OutcomeSink:
 
     def write(self, outcome: OutcomeRecord) -> None:
         """Put one outcome on disk (in the OS's hands) before returning."""
+        self.write_line(outcome.outcome, outcome.to_line(), outcome)
+
+    def write_line(
+        self, outcome: Outcome, line: bytes, record: OutcomeRecord | None = None
+    ) -> None:
+        """Put an outcome line as stored (in the ledger) on disk; decoded only when it needs
+        a row in problems.csv, so rebuilding the files of a large run stays cheap."""
         if not self._fds:
             raise RuntimeError("OutcomeSink.write called outside its with-block")
-        write_all(self._fds[outcome.outcome], outcome.to_line())
-        if outcome.outcome in _WITH_PROBLEMS:
-            write_all(self._problems_fd, _csv_rows(_problem_rows(outcome)))
-        self._counts[outcome.outcome] += 1
+        write_all(self._fds[outcome], line)
+        if outcome in _WITH_PROBLEMS:
+            record = record or OutcomeRecord.from_json(orjson.loads(line))
+            write_all(self._problems_fd, _csv_rows(_problem_rows(record)))
+        self._counts[outcome] += 1
 
     @property
     def counts(self) -> dict[str, int]:
@@ -119,8 +128,10 @@ class OutcomeSink:
         self._problems_fd = -1
 
 
-def rewrite(out_dir: Path, outcomes: Iterable[OutcomeRecord]) -> dict[str, int]:
-    """Rebuild every outcome file and problems.csv from `outcomes` alone; return the counts.
+@contextlib.contextmanager
+def rewriting(out_dir: Path) -> Iterator[OutcomeSink]:
+    """A sink whose files, when the block ends without error, replace every outcome file
+    and problems.csv of `out_dir`.
 
     Used when a run resumes, so the files match the ledger exactly. The new files are
     written in a private directory beside the old ones and each then replaces its old
@@ -130,12 +141,18 @@ def rewrite(out_dir: Path, outcomes: Iterable[OutcomeRecord]) -> dict[str, int]:
     staging = Path(tempfile.mkdtemp(prefix=".rewrite-", dir=out_dir))  # mode 0o700
     try:
         with OutcomeSink(staging) as sink:
-            for outcome in outcomes:
-                sink.write(outcome)
+            yield sink
         for name in [*map(outcome_file, Outcome), PROBLEMS_CSV]:
             os.replace(staging / name, out_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def rewrite(out_dir: Path, outcomes: Iterable[OutcomeRecord]) -> dict[str, int]:
+    """Rebuild every outcome file and problems.csv from `outcomes` alone; return the counts."""
+    with rewriting(out_dir) as sink:
+        for outcome in outcomes:
+            sink.write(outcome)
     return sink.counts
 
 

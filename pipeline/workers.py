@@ -25,6 +25,7 @@ from pipeline.ledger import Ledger
 from pipeline.limiter import QuotaLimiter
 from pipeline.models import RecordKind
 from pipeline.outcomes import Action, Outcome, OutcomeRecord, PreparedRecord
+from pipeline.recent import Recent
 from pipeline.reconcile import is_conditional, register_holds
 from pipeline.retry import (
     RETRYABLE_EXCEPTIONS,
@@ -35,6 +36,10 @@ from pipeline.retry import (
     parse_retry_after,
 )
 from pipeline.routes import Routes, request_body
+
+# NMIs whose existence a Submitter remembers: enough for every record in a run's hands at
+# once (workers x 4, see engine.py) many times over.
+EXISTS_MEMORY = 16_384
 
 
 class _Unknown:
@@ -79,15 +84,20 @@ class Submitter:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._sleep = sleep
         self._clock = clock
-        # What this run has learnt about which NMIs exist at the register.
-        self._exists: dict[tuple[RecordKind, str], bool] = {}
+        # What this run has learnt lately about which NMIs exist at the register; a record
+        # of an NMI finished long ago is in the ledger, which every lookup reads.
+        self._exists: Recent[tuple[RecordKind, str], bool] = Recent(EXISTS_MEMORY)
         self._forbidden_streak = 0
+
+    def known(self, rec: PreparedRecord) -> bool | None:
+        """Whether this run last found `rec`'s NMI at the register (None: not lately)."""
+        return self._exists.get((rec.kind, rec.nmi))
 
     def _first_action(self, rec: PreparedRecord) -> Action:
         if self._requested is not Action.UPSERT:
             return self._requested
-        known = self._exists.get((rec.kind, rec.nmi), rec.exists)
-        return Action.UPDATE if known else Action.CREATE
+        known = self.known(rec)
+        return Action.UPDATE if (rec.exists if known is None else known) else Action.CREATE
 
     def _learn(self, rec: PreparedRecord, exists: bool) -> None:
         self._exists[(rec.kind, rec.nmi)] = exists
@@ -184,7 +194,8 @@ class Submitter:
         reason: str | None = None,
     ) -> OutcomeRecord:
         self._forbidden_streak = 0
-        self._learn(rec, exists=True)
+        # Memory only: the ledger learns it from the outcome (`record_outcome`).
+        self._exists[(rec.kind, rec.nmi)] = True
         conditional = bool(answer.exceptions) or is_conditional(answer.data)
         outcome = Outcome.CONDITIONAL if conditional else Outcome.ACCEPTED
         return self._outcome(
