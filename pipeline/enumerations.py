@@ -41,6 +41,10 @@ class Enumerations:
         set_name = self.fields.get(kind, {}).get(field)
         return None if set_name is None else self.sets[set_name]
 
+    def for_kind(self, kind: str) -> Mapping[str, frozenset[str]]:
+        """Field name -> allowed values, for every enumerated field of a record kind."""
+        return {field: self.sets[name] for field, name in self.fields.get(kind, {}).items()}
+
 
 @cache
 def bundled_enumerations() -> Enumerations:

@@ -7,12 +7,13 @@ the field's JSON path instead of coming back as a 400.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 from pipeline.codec import content_hash
 from pipeline.enumerations import Enumerations
 from pipeline.models import RecordKind
 from pipeline.outcomes import Outcome, OutcomeRecord, PreparedRecord, SourceItem
-from pipeline.validation import FieldIssue, record_payload, validate_record
+from pipeline.validation import FieldIssue, validate_record
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,9 @@ class Preflight:
         )
         if isinstance(result, list):
             return invalid(self.kind, item, result)
-        payload = record_payload(result)
+        # Strict validation converts nothing, so the record as decoded (a dict, or it would
+        # not have validated) is what gets sent, unknown fields included when let through.
+        payload = cast("dict[str, Any]", item.value)
         return PreparedRecord(
             seq=seq,
             kind=self.kind,

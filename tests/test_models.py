@@ -1,0 +1,172 @@
+"""Local validation of records: types, paths in errors, did-you-mean, enumerations as data."""
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.enumerations import Enumerations, bundled_enumerations
+from pipeline.models import Installation, NmiRecord, RecordKind
+from pipeline.samples import installation, nmi_record
+from pipeline.validation import FieldIssue, validate_record
+
+
+def sample() -> dict[str, Any]:
+    return installation(7, random.Random(7))
+
+
+def issues(record: object, **kwargs: Any) -> dict[str, str]:
+    result = validate_record(record, RecordKind.INSTALLATION, **kwargs)
+    assert isinstance(result, list), "expected the record to be refused"
+    return {issue.path: issue.message for issue in result}
+
+
+def test_a_realistic_record_is_valid_and_round_trips_exactly() -> None:
+    """A valid record validates, and orjson out and back in loses nothing."""
+    record = sample()
+    model = validate_record(record, RecordKind.INSTALLATION)
+    assert isinstance(model, Installation)
+    assert model.nmi == record["nmi"]
+    assert orjson.loads(orjson.dumps(record)) == record
+    again = validate_record(orjson.loads(orjson.dumps(record)), RecordKind.INSTALLATION)
+    assert isinstance(again, Installation)
+    assert again == model
+
+
+def test_the_error_names_the_json_path_of_a_nested_field() -> None:
+    """A wrong type deep in the record is reported at its JSON path, with what was expected."""
+    record = sample()
+    record["acConnections"][0]["devices"][0]["details"]["nominalRatedCapacity"] = "5"
+    found = issues(record)
+    assert found == {
+        "acConnections[0].devices[0].details.nominalRatedCapacity": "expected a number, got string"
+    }
+
+
+def test_a_mistyped_field_gets_a_suggestion() -> None:
+    """`exportLimitKW` is refused and pointed at AEMO's `exportLimitkW`."""
+    record = sample()
+    record["exportLimitKW"] = record.pop("exportLimitkW")
+    assert issues(record) == {"exportLimitKW": "unknown field; did you mean 'exportLimitkW'?"}
+
+
+def test_a_near_miss_deep_down_gets_a_suggestion_from_its_own_level() -> None:
+    """Suggestions come from the fields of the object the typo is in."""
+    record = sample()
+    record["acConnections"][0]["details"]["manufacturerNam"] = "SMA"
+    found = issues(record)
+    suggestion = "unknown field; did you mean 'manufacturerName'?"
+    assert found == {"acConnections[0].details.manufacturerNam": suggestion}
+
+
+def test_an_unrelated_unknown_field_gets_no_suggestion() -> None:
+    """No did-you-mean when nothing is close."""
+    record = sample()
+    record["zzz"] = 1
+    assert issues(record) == {"zzz": "unknown field"}
+
+
+def test_unknown_fields_pass_when_allowed() -> None:
+    """The setting lets unknown fields through to the register."""
+    record = sample()
+    record["brandNewAemoField"] = "x"
+    assert isinstance(
+        validate_record(record, RecordKind.INSTALLATION, allow_unknown=True), Installation
+    )
+
+
+def test_server_maintained_fields_are_refused_even_when_unknown_fields_are_allowed() -> None:
+    """The register assigns connectionId and installationStage; a client never sends them."""
+    record = sample()
+    record["acConnections"][0]["connectionId"] = 12
+    record["acConnections"][0]["devices"][0]["installationStage"] = "Confirmed"
+    expected = {
+        "acConnections[0].connectionId": "is maintained by the register and cannot be submitted",
+        "acConnections[0].devices[0].installationStage": (
+            "is maintained by the register and cannot be submitted"
+        ),
+    }
+    assert issues(record) == expected
+    assert issues(record, allow_unknown=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("approvedCapacity",), True, "expected a number, got boolean"),
+        (("approvedCapacity",), float("inf"), "expected a finite number"),
+        (("approvedCapacity",), "6.6", "expected a number, got string"),
+        (("jobNumber",), 12, "Input should be a valid string"),
+        (("availablePhasesCount",), -1, "Input should be greater than or equal to 0"),
+        (("availablePhasesCount",), 1.5, "Input should be a valid integer"),
+        (("islandableInstallation",), "yes", "'yes' is not one of: No, Yes"),
+        (("nmi",), "80010", "expected an NMI matching ^[A-HJ-NP-Z0-9]{10}$"),
+        (("acConnections", 0, "equipmentType"), "Solar", "'Solar' is not one of"),
+        (("acConnections", 0, "commissioningDate"), "2024-02-30", "expected a real date"),
+        (("acConnections", 0, "commissioningDate"), "30/01/2024", "expected a date as yyyy-mm-dd"),
+        (("acConnections", 0, "devices", 0, "type"), "solar pv", "'solar pv' is not one of"),
+        (("acConnections", 0, "details", "serialNumbers"), "SN1", "Input should be a valid list"),
+        (("acConnections",), {"a": 1}, "Input should be a valid list"),
+    ],
+)
+def test_each_kind_of_invalid_field(path: tuple[Any, ...], value: Any, message: str) -> None:
+    """Each wrong value is refused at its path with a message that says what was expected."""
+    record = sample()
+    target: Any = record
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    found = issues(record)
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    assert where in found, found
+    assert found[where].startswith(message)
+
+
+def test_a_missing_nmi_and_a_non_object_are_refused() -> None:
+    """The NMI is the key; a record must be an object."""
+    record = sample()
+    del record["nmi"]
+    assert issues(record) == {"nmi": "required field is missing"}
+    assert issues([record]) == {"(record)": "expected a JSON object, got array"}
+
+
+def test_every_problem_of_a_record_is_reported_at_once() -> None:
+    """A typo and a wrong type in one record both come back."""
+    record = sample()
+    record["exportLimitKW"] = record.pop("exportLimitkW")
+    record["approvedCapacity"] = "6.6"
+    assert set(issues(record)) == {"exportLimitKW", "approvedCapacity"}
+
+
+def test_enumerations_are_data_that_can_be_amended() -> None:
+    """A table with another value makes it valid without a code change."""
+    record = sample()
+    record["acConnections"][0]["equipmentType"] = "Fuel Cell"
+    assert "acConnections[0].equipmentType" in issues(record)
+    text = bundled_enumerations_text().replace(
+        '"Solar PV Inverter",', '"Solar PV Inverter", "Fuel Cell",'
+    )
+    amended = Enumerations.from_toml(text)
+    assert isinstance(
+        validate_record(record, RecordKind.INSTALLATION, enumerations=amended), Installation
+    )
+
+
+def bundled_enumerations_text() -> str:
+    from importlib import resources
+
+    text = resources.files("pipeline").joinpath("data/enumerations.toml").read_text("utf-8")
+    assert bundled_enumerations().sets["equipmentType"]  # the file is the bundled table
+    return text
+
+
+def test_nmi_records_have_their_own_rules() -> None:
+    """The NMI body: post code format and its own status set."""
+    good = nmi_record(3)
+    assert isinstance(validate_record(good, RecordKind.NMI), NmiRecord)
+    bad = {**good, "postCode": "600", "status": "Decommissioned"}
+    result = validate_record(bad, RecordKind.NMI)
+    assert isinstance(result, list)
+    assert {i.path for i in result} == {"postCode", "status"}
+    assert all(isinstance(i, FieldIssue) for i in result)
