@@ -49,7 +49,9 @@ class Settings(BaseModel):
     action: Literal["create", "update", "upsert"] = "upsert"
     compression: Literal["gzip", "deflate", "none"] = "gzip"
     timeout_s: float = Field(default=60.0, gt=0)
-    max_attempts: int = Field(default=8, ge=1)
+    # Twelve attempts with full jitter capped at max_delay_s ride out about 1.5 minutes of
+    # outage on average (3 at most) before a record is given up as failed.
+    max_attempts: int = Field(default=12, ge=1)
     max_elapsed_s: float = Field(default=600.0, gt=0)
     base_delay_s: float = Field(default=0.5, ge=0)
     max_delay_s: float = Field(default=30.0, ge=0)
@@ -64,7 +66,7 @@ class Settings(BaseModel):
     # NMI"; a profile lists the codes it knows, and the pattern is matched against the
     # error's title and detail as a fallback.
     already_exists_codes: tuple[str, ...] = ()
-    already_exists_pattern: str = "(?i)already (exists|registered)"
+    already_exists_pattern: str = "(?i)already (exists?|registered)|exists already|duplicate"
     # 403s on this many distinct records in a row mean the participant is not entitled:
     # stop the run rather than burn the batch.
     stop_after_forbidden: int = Field(default=3, ge=1)

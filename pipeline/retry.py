@@ -28,7 +28,7 @@ import aiohttp
 class RetryPolicy:
     """How often and how long one record may be retried; production defaults."""
 
-    max_attempts: int = 8  # per record, counting the first
+    max_attempts: int = 12  # per record, counting the first
     max_elapsed_s: float = 600.0  # per record, from its first attempt to the start of its last
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0

@@ -347,7 +347,15 @@ class Submitter:
             self._tokens.invalidate(token)
             return _Switch(action, replayed=True)
         if verdict is Verdict.RETRY:
-            retry_after = self._throttled(answer) if status == 429 else None
+            # A 503 may carry a Retry-After too (AEMO's generic guidance throttles with
+            # 503 [guess]); only a 429 says the quota itself was overrun.
+            retry_after = (
+                self._throttled(answer)
+                if status == 429
+                else parse_retry_after(
+                    answer.retry_after, now=datetime.now(UTC), cap_s=self._policy.retry_after_cap_s
+                )
+            )
             return _Retry(retry_after, f"HTTP {status}")
         if verdict is Verdict.STOP_RUN:
             raise Misconfigured(
