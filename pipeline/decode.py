@@ -14,6 +14,7 @@ one place that judges content.
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from collections.abc import Iterable, Iterator
@@ -190,18 +191,22 @@ def _split_items(label: str, events: list[Element | SplitError]) -> Iterator[Sou
 
 
 def _decode(data: bytes, ref: SourceRef, *, line: int, column: int, offset: int) -> SourceItem:
-    """Decode one value; `line`, `column` and `offset` are where `data` starts in the file."""
+    """One value, decoded when first read; `line`, `column` and `offset` are where `data`
+    starts in the file."""
+    return SourceItem.deferred(
+        ref, functools.partial(_decoded, data, line=line, column=column, offset=offset)
+    )
+
+
+def _decoded(data: bytes, *, line: int, column: int, offset: int) -> tuple[object, str | None]:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        return SourceItem(ref, error=_reason(data, exc, line=line, column=column, offset=offset))
+        return None, _reason(data, exc, line=line, column=column, offset=offset)
     # The Installation API's body is {"data": {...}}; the wrapper is not part of the record.
     if isinstance(value, dict) and len(value) == 1 and "data" in value:
         value = value["data"]
-    ambiguity = _ambiguity(data, value)
-    if ambiguity is not None:
-        return SourceItem(ref, value=value, error=ambiguity)
-    return SourceItem(ref, value=value)
+    return value, _ambiguity(data, value)
 
 
 class _DuplicateKey(Exception):

@@ -6,6 +6,7 @@ exactly one `OutcomeRecord`, written to the file named after its `Outcome`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -56,13 +57,54 @@ class SourceRef:
         return f"{self.path}:{self.line}" if self.line is not None else self.path
 
 
-@dataclass(frozen=True, slots=True)
 class SourceItem:
-    """One decoded JSON value from an input, or the reason it could not be decoded."""
+    """One JSON value from an input, or the reason it could not be decoded.
 
-    source: SourceRef
-    value: object = None
-    error: str | None = None
+    Decoding may be deferred (`deferred`) until `value` or `error` is first read: a resumed
+    run passes over the records it finished without paying to decode them, which over a
+    migration of a million records is most of the time a resume takes.
+    """
+
+    __slots__ = ("_decode", "_error", "_value", "source")
+
+    def __init__(self, source: SourceRef, value: object = None, error: str | None = None) -> None:
+        self.source = source
+        self._value = value
+        self._error = error
+        self._decode: Callable[[], tuple[object, str | None]] | None = None
+
+    @classmethod
+    def deferred(
+        cls, source: SourceRef, decode: Callable[[], tuple[object, str | None]]
+    ) -> SourceItem:
+        item = cls(source)
+        item._decode = decode
+        return item
+
+    def _resolve(self) -> None:
+        if self._decode is not None:
+            self._value, self._error = self._decode()
+            self._decode = None
+
+    @property
+    def value(self) -> object:
+        self._resolve()
+        return self._value
+
+    @property
+    def error(self) -> str | None:
+        self._resolve()
+        return self._error
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SourceItem):
+            return NotImplemented
+        return (self.source, self.value, self.error) == (other.source, other.value, other.error)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable once decoded, like a dict
+
+    def __repr__(self) -> str:
+        return f"SourceItem(source={self.source!r}, value={self.value!r}, error={self.error!r})"
 
 
 @dataclass(frozen=True, slots=True)
