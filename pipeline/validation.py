@@ -115,6 +115,10 @@ def _describe(error: Mapping[str, Any]) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "missing":
         return "required field is missing"
+    if error["type"] == "float_type":
+        return f"expected a number, got {json_type(error.get('input'))}"
+    if error["type"] == "finite_number":
+        return "expected a finite number"
     return message
 
 
