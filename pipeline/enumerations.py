@@ -37,10 +37,6 @@ class Enumerations:
     def from_file(cls, path: Path) -> Enumerations:
         return cls.from_toml(path.read_text(encoding="utf-8"))
 
-    def allowed(self, kind: str, field: str) -> frozenset[str] | None:
-        set_name = self.fields.get(kind, {}).get(field)
-        return None if set_name is None else self.sets[set_name]
-
     def for_kind(self, kind: str) -> Mapping[str, frozenset[str]]:
         """Field name -> allowed values, for every enumerated field of a record kind."""
         return {field: self.sets[name] for field, name in self.fields.get(kind, {}).items()}

@@ -135,11 +135,6 @@ class Ledger:
         row = await self._db.call(lambda conn: conn.execute(sql.GET_RUN, (run_id,)).fetchone())
         return None if row is None else run_row(row)
 
-    async def latest_runs(self, limit: int = 20) -> list[RunRow]:
-        """The most recent runs, newest first."""
-        rows = await self._db.call(lambda conn: conn.execute(sql.LATEST_RUNS, (limit,)).fetchall())
-        return [run_row(row) for row in rows]
-
     # -- records and attempts ----------------------------------------------------------
 
     async def lookup(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], RecordState]:
@@ -257,12 +252,6 @@ class Ledger:
             if len(page) < page_size:
                 return
             after = page[-1].seq
-
-    async def run_items(
-        self, run_id: str, outcomes: Collection[str] | None = None
-    ) -> list[ItemRow]:
-        """`iter_run_items` as a list; iterate instead for runs of millions of records."""
-        return [item async for item in self.iter_run_items(run_id, outcomes)]
 
     async def history(self, kind: str, nmi: str) -> list[HistoryRow]:
         """Every attempt and final outcome for (kind, nmi) across runs, oldest first."""

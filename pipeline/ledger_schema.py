@@ -98,8 +98,6 @@ START_RUN = """INSERT INTO runs (run_id, created_at, status, kind, out_dir, inpu
 FINISH_RUN = "UPDATE runs SET status = ?, finished_at = ?, summary_json = ? WHERE run_id = ?"
 GET_RUN = """SELECT run_id, kind, status, created_at, finished_at, out_dir, inputs_json,
     settings_json, parent_run_id, summary_json FROM runs WHERE run_id = ?"""
-LATEST_RUNS = """SELECT run_id, kind, status, created_at, finished_at, out_dir, inputs_json,
-    settings_json, parent_run_id, summary_json FROM runs ORDER BY created_at DESC LIMIT ?"""
 LOOKUP = """SELECT exists_at_register, last_success_hash, last_success_run, last_success_txn,
     last_success_at FROM records WHERE kind = ? AND nmi = ?"""
 BEGIN_ATTEMPT = """INSERT INTO attempts (run_id, seq, kind, nmi, action, content_hash,

@@ -148,14 +148,6 @@ def rewriting(out_dir: Path) -> Iterator[OutcomeSink]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def rewrite(out_dir: Path, outcomes: Iterable[OutcomeRecord]) -> dict[str, int]:
-    """Rebuild every outcome file and problems.csv from `outcomes` alone; return the counts."""
-    with rewriting(out_dir) as sink:
-        for outcome in outcomes:
-            sink.write(outcome)
-    return sink.counts
-
-
 def _problem_rows(outcome: OutcomeRecord) -> list[tuple[str, ...]]:
     """One row per error and exception; one row from `reason` when AEMO gave none."""
     source = outcome.source

@@ -13,7 +13,7 @@ import pytest
 from pipeline.models import RecordKind
 from pipeline.outcomes import Outcome, OutcomeRecord, SourceRef
 from pipeline.private_files import write_json_atomic
-from pipeline.sinks import PROBLEM_COLUMNS, OutcomeSink, outcome_file, rewrite
+from pipeline.sinks import PROBLEM_COLUMNS, OutcomeSink, outcome_file, rewriting
 
 OUTCOME_FILES = sorted(outcome_file(o) for o in Outcome)
 ALL_FILES = [*OUTCOME_FILES, "problems.csv", "summary.json"]
@@ -221,7 +221,10 @@ def test_rewrite_makes_the_files_match_the_given_outcomes(tmp_path: Path) -> Non
         outcome(Outcome.REJECTED, "8001000002", reason="no"),
     ]
 
-    counts = rewrite(tmp_path, kept)
+    with rewriting(tmp_path) as sink:
+        for item in kept:
+            sink.write(item)
+    counts = sink.counts
 
     assert counts["accepted"] == 1
     assert counts["rejected"] == 1

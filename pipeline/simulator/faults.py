@@ -46,7 +46,6 @@ class FaultInjector:
     def __init__(self, profile: FaultProfile, *, seed: int, started_at: float) -> None:
         self.profile = profile
         self._rng = random.Random(seed)  # noqa: S311 -- reproducible faults, not security
-        self._started_at = started_at
         # Upper bounds of the exclusive bands of one uniform draw, in a fixed order.
         bands: list[tuple[float, Action]] = []
         edge = 0.0
