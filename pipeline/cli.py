@@ -19,6 +19,7 @@ import structlog
 
 from pipeline import __version__
 from pipeline.errors import WemDerError
+from pipeline.progress import Progress
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -228,9 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.dry_run(args)
 
         async def go() -> int:
-            hooks = commands.make_hooks(show_progress)
+            progress = Progress() if show_progress else None
+            hooks = commands.make_hooks(progress)
             _install_stop(hooks.stop)
-            return await commands.run_command(args, hooks)
+            return await commands.run_command(args, hooks, progress)
 
         return asyncio.run(go())
     except WemDerError as exc:

@@ -20,16 +20,15 @@ from pipeline.runs import chosen_run, find_run, ledger_path, settings_from
 from pipeline.sources import check_paths
 
 
-def make_hooks(show_progress: bool) -> Hooks:
+def make_hooks(progress: Progress | None) -> Hooks:
+    """How a run reports to the terminal: its id, corrections, notes, and the bar if any."""
     hooks = Hooks()
-    if show_progress:
-        progress = Progress()
+    if progress is not None:
         hooks.on_outcome = progress.on_outcome
-        hooks.progress = progress  # type: ignore[attr-defined]
 
     def on_start(run_id: str, out_dir: Path) -> None:
         print(f"run {run_id}: outcomes in {out_dir}", file=sys.stderr, flush=True)
-        if show_progress:
+        if progress is not None:
             progress.start()
 
     hooks.on_start = on_start
@@ -52,9 +51,8 @@ def _finish(result: RunResult) -> int:
     return result.exit_code
 
 
-async def run_command(args: argparse.Namespace, hooks: Hooks) -> int:
+async def run_command(args: argparse.Namespace, hooks: Hooks, progress: Progress | None) -> int:
     """submit, resume and resubmit: the run they name (see `runs.chosen_run`), to its end."""
-    progress: Progress | None = getattr(hooks, "progress", None)
     settings, plan, resume = await chosen_run(args)
     if progress is not None and args.command == "submit":
         progress.total = await asyncio.to_thread(estimate_records, plan.inputs)

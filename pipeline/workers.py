@@ -125,11 +125,15 @@ class Submitter:
             self.counters.http_429 += 1
         return answer, token
 
-    def _throttled(self, answer: ApiAnswer) -> float | None:
-        """A 429 pauses every worker, not only this one, and lowers the rate."""
-        retry_after = parse_retry_after(
+    def _retry_after(self, answer: ApiAnswer) -> float | None:
+        """The answer's Retry-After in seconds (number or HTTP date), capped by the policy."""
+        return parse_retry_after(
             answer.retry_after, now=datetime.now(UTC), cap_s=self._policy.retry_after_cap_s
         )
+
+    def _throttled(self, answer: ApiAnswer) -> float | None:
+        """A 429 pauses every worker, not only this one, and lowers the rate."""
+        retry_after = self._retry_after(answer)
         self._limiter.throttled()
         self._limiter.pause_for(
             retry_after if retry_after is not None else self._policy.base_delay_s
@@ -349,13 +353,7 @@ class Submitter:
         if verdict is Verdict.RETRY:
             # A 503 may carry a Retry-After too (AEMO's generic guidance throttles with
             # 503 [guess]); only a 429 says the quota itself was overrun.
-            retry_after = (
-                self._throttled(answer)
-                if status == 429
-                else parse_retry_after(
-                    answer.retry_after, now=datetime.now(UTC), cap_s=self._policy.retry_after_cap_s
-                )
-            )
+            retry_after = self._throttled(answer) if status == 429 else self._retry_after(answer)
             return _Retry(retry_after, f"HTTP {status}")
         if verdict is Verdict.STOP_RUN:
             raise Misconfigured(
