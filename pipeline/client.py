@@ -14,7 +14,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -172,5 +172,4 @@ class ApiClient:
             # The body was cut short: a dropped connection, for the retry layer's purposes.
             raise ConnectionLost(f"response body cut short: {exc}") from exc
         latency_ms = (self._clock() - started) * 1000.0
-        answer = parse_answer(response.status, raw, response.headers)
-        return replace(answer, latency_ms=latency_ms)
+        return parse_answer(response.status, raw, response.headers, latency_ms=latency_ms)

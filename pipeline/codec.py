@@ -14,7 +14,7 @@ import gzip
 import hashlib
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -149,35 +149,41 @@ def _from_headers(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
     return retry_after, header_txn
 
 
-def parse_answer(status: int, body: bytes, headers: Mapping[str, str]) -> ApiAnswer:
+def parse_answer(
+    status: int, body: bytes, headers: Mapping[str, str], *, latency_ms: float | None = None
+) -> ApiAnswer:
     """Read an HTTP answer tolerantly; never raises, whatever the body holds."""
     retry_after, header_txn = _from_headers(headers)
-    base = ApiAnswer(status=status, retry_after=retry_after, headers_transaction_id=header_txn)
-    if not body.strip():
-        return base
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        excerpt = body[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")[:EXCERPT_CHARS]
-        return replace(base, raw_excerpt=excerpt)
+    txn: str | None = None
+    data: Any = None
+    errors: list[dict[str, Any]] = []
+    exceptions: list[dict[str, Any]] = []
+    excerpt = ""
+    doc: Any = None
+    if body.strip():
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            excerpt = body[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")[:EXCERPT_CHARS]
     if not isinstance(doc, dict):
-        return replace(base, data=doc)
-    txn = _transaction_id(doc)
-    if _ENVELOPE_KEYS & doc.keys():
+        data = doc
+    elif _ENVELOPE_KEYS & doc.keys():
         data = doc.get("data")
         raw_exceptions = doc.get("exceptions")
         if raw_exceptions is None and isinstance(data, dict):
             # Second-level exceptions come with a 200/201 [doc]; whether beside `data` or
             # inside it is not documented, so look in both [guess].
             raw_exceptions = data.get("exceptions")
-        return replace(
-            base,
-            transaction_id=txn,
-            data=data,
-            errors=[_error(e) for e in _as_list(doc.get("errors"))],
-            exceptions=[_exception(e) for e in _as_list(raw_exceptions)],
-        )
-    if status >= 400 and "code" in doc and ("title" in doc or "detail" in doc):
+        errors = [_error(e) for e in _as_list(doc.get("errors"))]
+        exceptions = [_exception(e) for e in _as_list(raw_exceptions)]
+    elif status >= 400 and "code" in doc and ("title" in doc or "detail" in doc):
         # The flat failure of the OAuth gateway: {code, title, detail, source} [spec].
-        return replace(base, transaction_id=txn, errors=[_error(doc)])
-    return replace(base, transaction_id=txn, data=doc)
+        errors = [_error(doc)]
+    else:
+        data = doc
+    if isinstance(doc, dict):
+        txn = _transaction_id(doc)
+    # Built once: a frozen answer rebuilt field by field costs more than the parse.
+    return ApiAnswer(
+        status, txn, data, errors, exceptions, retry_after, header_txn, excerpt, latency_ms
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import structlog
 
@@ -196,14 +196,14 @@ class Engine:
                 self._finish(rec.seq, _skipped(rec, state.last_success_run, state.last_success_txn))
                 await self._ledger.drain()
                 continue
-            ready = replace(rec, exists=state.exists if state else None)
+            rec.exists = state.exists if state else None
             await self._slots.acquire()
             waiting = self._busy.get(key)
             if waiting is not None:
-                waiting.append(ready)
+                waiting.append(rec)
             else:
                 self._busy[key] = deque()
-                await self._queue.put(ready)
+                await self._queue.put(rec)
 
     async def _worker(self) -> None:
         while (rec := await self._queue.get()) is not None:
@@ -217,9 +217,10 @@ class Engine:
                 if waiting:
                     # Its ledger state predates the record just finished: hand over what
                     # that one learnt about the NMI's existence at the register.
-                    after = waiting.popleft()
-                    known = self._submitter.known(after)
-                    current = after if known is None else replace(after, exists=known)
+                    current = waiting.popleft()
+                    known = self._submitter.known(current)
+                    if known is not None:
+                        current.exists = known
                 else:
                     current = None
                     del self._busy[key]

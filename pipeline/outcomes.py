@@ -107,12 +107,14 @@ class SourceItem:
         return f"SourceItem(source={self.source!r}, value={self.value!r}, error={self.error!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedRecord:
     """A record that passed pre-flight: ready to be sent, with the hash of its content.
 
     `seq` is the record's ordinal in the run's input (stable across a resume), and
-    `exists` what the ledger knew of the NMI at the register before the run (None: unknown).
+    `exists` what was known of the NMI at the register when the record was dispatched
+    (None: unknown). The engine fills `exists` in, in place: it alone holds the record
+    then, and a copy per record would cost more than the lookup that feeds it.
     """
 
     seq: int

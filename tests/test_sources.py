@@ -303,6 +303,8 @@ CORPUS: dict[str, list[tuple[str, object]]] = {
         (":1", {"nmi": "8001000001"}),
         (":2", "broken JSON: depth limit exceeded"),
         (":3", {"nmi": "8001000003"}),
+        (":4", "nested more than 254 levels deep, which cannot be sent"),
+        (":5", {"nmi": "8001000005"}),
     ],
     "empty.jsonl": [],
     "whitespace-only.jsonl": [],
@@ -714,3 +716,36 @@ async def test_cancelling_while_a_read_waits_does_not_block() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await waiting
         os.close(write_end)  # the thread's read now ends, and with it the thread
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # Settled by counting quotes: no backslash, no long run of digits.
+        (b'{"nmi":"8001000001","a":"x","a":"y"}', "duplicate key 'a'"),
+        (b'{"nmi":"8001000001","a":{"b":1,"b":2}}', "duplicate key 'b'"),
+        (b'{"data":{"nmi":"8001000001","nmi":"8001000002"}}', "duplicate key 'nmi'"),
+        (b'{"nmi":"8001000001","a":[{"b":1},{"b":1,"b":1}]}', "duplicate key 'b'"),
+        # An escaped quote defeats the count: the standard library reads these.
+        (b'{"nmi":"8001000001","a":"q\\"","a":"r"}', "duplicate key 'a'"),
+        (b'{"nmi":"8001000001","a":"q\\"\\""}', None),
+        # 19 digits in a row are read again; only an integer beyond 64 bits is refused.
+        (b'{"nmi":"8001000001","a":18446744073709551615}', None),
+        (b'{"nmi":"8001000001","a":18446744073709551616}', "an integer beyond 64 bits"),
+        (b'{"nmi":"8001000001","a":"18446744073709551616123"}', None),
+        (b'{"nmi":"8001000001","a":1.12345678901234567891}', None),
+    ],
+)
+def test_ambiguous_values_found_whichever_way_they_are_checked(
+    tmp_path: Path, line: bytes, expected: str | None
+) -> None:
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(line + b"\n")
+    [item] = asyncio.run(collect([str(path)]))
+    if expected is None:
+        assert item.error is None
+        value = orjson.loads(line)
+        assert item.value == value
+    else:
+        assert item.error is not None
+        assert expected in item.error
