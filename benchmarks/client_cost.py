@@ -27,6 +27,7 @@ import pstats
 import re
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from io import StringIO
 from pathlib import Path
@@ -147,6 +148,40 @@ def hot_spots(profile: Path, limit: int = 25) -> str:
     return out.getvalue()
 
 
+def stage_costs(source: Path) -> list[tuple[str, float]]:
+    """CPU microseconds per record of what wem-der does before each request and the floor
+    does not, each stage run alone over the same records in this process: how much of the
+    gap to the floor is work the product exists to do."""
+    from pipeline.codec import Compression, encode_body
+    from pipeline.decode import items_from_chunks
+    from pipeline.models import RecordKind
+    from pipeline.outcomes import PreparedRecord
+    from pipeline.preflight import Preflight
+    from pipeline.routes import request_body
+    from pipeline.sources import MAX_ITEM_BYTES
+
+    kind = RecordKind.INSTALLATION
+    data = source.read_bytes()
+    started = time.process_time()
+    items = list(items_from_chunks(source.name, iter([data]), MAX_ITEM_BYTES))
+    for item in items:
+        _ = item.value  # decoding is deferred until the value is read
+    decoded = time.process_time()
+    preflight = Preflight(kind)
+    checked = [preflight.check(seq, item) for seq, item in enumerate(items)]
+    prepared = time.process_time()
+    for rec in checked:
+        if isinstance(rec, PreparedRecord):
+            encode_body(request_body(kind, rec.payload), Compression.GZIP)
+    encoded = time.process_time()
+    per = 1e6 / len(items)
+    return [
+        ("read and decode (orjson, duplicate-key check)", (decoded - started) * per),
+        ("pre-flight (validate, content hash)", (prepared - decoded) * per),
+        ("request body (orjson, gzip)", (encoded - prepared) * per),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.client_cost", description=__doc__.split("\n\n")[0]
@@ -170,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(_run(role, sim, source, args.records, args.concurrency, directory, tag))
         floor = [r for r in runs if r["role"] == "floor"]
         ours = [r for r in runs if r["role"] == "wem-der"]
+        stages = stage_costs(source)
 
         def median(rows: list[dict[str, Any]], key: str) -> float:
             return float(statistics.median(r[key] for r in rows))
@@ -231,6 +267,16 @@ def main(argv: list[str] | None = None) -> int:
             "wem-der --compression none: "
             f"{diagnosis['no_compression_run_cpu_per_1000']:.3f} run CPU s/1000 (one run)"
         )
+    diagnosis["stages_us_per_record"] = dict(stages)
+    floor_us = median(floor, "run_cpu_per_1000") * 1000
+    print(
+        "\nper-record work the floor does not do (each stage alone, in this process), against"
+        f" the floor's {floor_us:.0f} us per record:"
+    )
+    for name, cost in stages:
+        print(f"  {cost:6.1f} us  {cost / floor_us:5.2f}x floor  {name}")
+    total = sum(cost for _, cost in stages)
+    print(f"  {total:6.1f} us  {total / floor_us:5.2f}x floor  before the ledger, log and files")
     if profile_text:
         print("\nwem-der hot spots (cProfile on the main thread's CPU clock):\n" + profile_text)
     path = write_result(
