@@ -54,7 +54,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
         "--allow-unknown-fields",
         action="store_true",
         default=None,
-        help="send fields the models do not know instead of refusing the record",
+        help="send fields the record shapes do not know instead of refusing the record",
     )
 
 

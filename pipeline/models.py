@@ -1,29 +1,27 @@
-"""Pydantic models of the records a client submits to AEMO's WEM DER Register; no I/O.
+"""The shapes of the records a client submits to AEMO's WEM DER Register; no I/O.
 
 Field names are the JSON names of AEMO's operation definitions, odd casings included
-(`exportLimitkW` beside `importLimitKw`), so a model dumps to exactly what the API reads.
+(`exportLimitkW` beside `importLimitKw`), because a valid record is sent exactly as decoded.
+The shapes are TypedDicts rather than models because validation needs only pydantic's
+verdict on the decoded dict, which is what gets sent: checking a TypedDict builds no
+instance per nested object, and building those was most of the cost of checking a record.
 Server-maintained fields (`SERVER_FIELDS`) are not part of a submission: the register
 assigns them. Which strings are enumerations, and their values, is data (enumerations.py).
-Turning a decoded value into a model, or into the reasons it is not one, is validation.py's.
+Checking a decoded value against a shape, and saying why it is not one, is validation.py's.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from datetime import date
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from typing import Annotated
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, with_config
 
-from pipeline.enumerations import Enumerations, bundled_enumerations
+# Before Python 3.12 pydantic accepts only typing_extensions' TypedDict, not typing's.
+from typing_extensions import TypedDict
 
 # Fields the register maintains and returns; a client that sends them is confused about
 # which side owns them (API-NOTES.md, "Server-maintained fields").
@@ -46,10 +44,21 @@ class RecordKind(StrEnum):
     NMI = "nmi"
 
 
-def _table(info: ValidationInfo) -> Enumerations:
-    context = info.context or {}
-    table = context.get("enumerations")
-    return table if isinstance(table, Enumerations) else bundled_enumerations()
+# What validation.py passes as the context of every check: the `formats` of the run's
+# enumerations table, so that a format is data like the enumerations are.
+Formats = Mapping[str, re.Pattern[str]]
+
+
+def _format(field: str, what: str) -> Callable[[str, ValidationInfo[Formats]], str]:
+    """A check of `field` against its pattern in the table, when the table has one."""
+
+    def check(value: str, info: ValidationInfo[Formats]) -> str:
+        pattern = info.context.get(field)
+        if pattern is not None and not pattern.fullmatch(value):
+            raise ValueError(f"expected {what} matching {pattern.pattern}")
+        return value
+
+    return check
 
 
 def _iso_date(value: str) -> str:
@@ -80,186 +89,175 @@ def json_type(value: object) -> str:
 
 
 # Strict float: an int is a number, a string or a bool is not, NaN and Infinity are
-# refused; checked in pydantic's core, not a Python call per field. The model is only a
+# refused; checked in pydantic's core, not a Python call per field. The shape is only a
 # check: what is sent is the record as decoded, so an int is never made a float.
 Number = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0)]
 IsoDate = Annotated[str, AfterValidator(_iso_date)]
+Nmi = Annotated[str, AfterValidator(_format("nmi", "an NMI"))]
+PostCode = Annotated[str, AfterValidator(_format("postCode", "a post code"))]
+
+# strict: "5" is not a number and 1 is not a string; a client that sends the wrong type
+# would only learn it from a 400 that costs a request. Unknown fields are ignored here
+# because validation.py reports them (with a did-you-mean) from the decoded record, which
+# is also what gets sent. Every shape names it rather than count on a parent's reaching it.
+_STRICT = ConfigDict(strict=True, extra="ignore")
 
 
-class _Record(BaseModel):
-    """Strict types; unknown fields and enumerations are checked by validation.py's walk."""
-
-    # strict: "5" is not a number and 1 is not a string; a client that sends the wrong
-    # type would only learn it from a 400 that costs a request. Unknown fields are
-    # ignored here because validation.py reports them (with a did-you-mean) from the
-    # decoded record, which is also what gets sent.
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
-    kind: ClassVar[RecordKind] = RecordKind.INSTALLATION
+@with_config(_STRICT)
+class DeviceDetails(TypedDict, total=False):
+    manufacturerName: str | None
+    modelNumber: str | None
+    nominalRatedCapacity: Number | None
+    nominalLoadCapacity: Number | None
+    nominalStorageCapacity: Number | None
 
 
-class DeviceDetails(_Record):
-    manufacturerName: str | None = None
-    modelNumber: str | None = None
-    nominalRatedCapacity: Number | None = None
-    nominalLoadCapacity: Number | None = None
-    nominalStorageCapacity: Number | None = None
+@with_config(_STRICT)
+class Device(TypedDict, total=False):
+    nspDeviceId: str | None
+    type: str | None
+    comments: str | None
+    count: Count | None
+    status: str | None
+    details: DeviceDetails | None
 
 
-class Device(_Record):
-    nspDeviceId: str | None = None
-    type: str | None = None
-    comments: str | None = None
-    count: Count | None = None
-    status: str | None = None
-    details: DeviceDetails | None = None
+@with_config(_STRICT)
+class AcConnectionDetails(TypedDict, total=False):
+    serialNumbers: list[str] | None
+    manufacturerName: str | None
+    modelNumber: str | None
+    equipmentSeries: str | None
+    equipmentStandard: str | None
+    regionSetting: str | None
+    additionalRequirements: str | None
+    sustainOpOvervoltLimit: Number | None
+    stopAtOverFreq: Number | None
+    stopAtUnderFreq: Number | None
+    dredInverterInteraction: str | None
+    invVoltWattRespMode: str | None
+    invWattRespV1: Number | None
+    invWattRespV2: Number | None
+    invWattRespV3: Number | None
+    invWattRespV4: Number | None
+    invWattRespPAtV1: Number | None
+    invWattRespPAtV2: Number | None
+    invWattRespPAtV3: Number | None
+    invWattRespPAtV4: Number | None
+    invVoltVarRespMode: str | None
+    invVarRespV1: Number | None
+    invVarRespV2: Number | None
+    invVarRespV3: Number | None
+    invVarRespV4: Number | None
+    invVarRespQAtV1: Number | None
+    invVarRespQAtV2: Number | None
+    invVarRespQAtV3: Number | None
+    invVarRespQAtV4: Number | None
+    invReactivePowerMode: str | None
+    invFixReactivePower: Number | None
+    fixPowerFactorMode: str | None
+    fixPowerFactor: Number | None
+    fixPowerFactorQuad: str | None
+    powerRespMode: str | None
+    referencePointP1: Number | None
+    referencePointP2: Number | None
+    powerFactorAtP1: Number | None
+    powerFactorQuadAtP1: str | None
+    powerFactorAtP2: Number | None
+    powerFactorQuadAtP2: str | None
+    powerRateLimitMode: str | None
+    powerRampRate: Number | None
+    reactivePowerRegulation: str | None
+    voltageSetPoint: Number | None
+    voltageSetPointUnit: str | None
+    deadband: Number | None
+    droop: Number | None
+    baseForDroop: Number | None
+    reactivePowerSourceLimit: Number | None
+    reactivePowerSinkLimit: Number | None
+    reactiveFixPowerFactor: Number | None
+    reactiveFixPowerFactorQuad: str | None
+    generatorRampRate: str | None
+    powerRampGradient: Number | None
+    frequencySensitiveMode: str | None
+    frequencyDeadband: Number | None
+    frequencyDroop: Number | None
 
 
-class AcConnectionDetails(_Record):
-    serialNumbers: list[str] | None = None
-    manufacturerName: str | None = None
-    modelNumber: str | None = None
-    equipmentSeries: str | None = None
-    equipmentStandard: str | None = None
-    regionSetting: str | None = None
-    additionalRequirements: str | None = None
-    sustainOpOvervoltLimit: Number | None = None
-    stopAtOverFreq: Number | None = None
-    stopAtUnderFreq: Number | None = None
-    dredInverterInteraction: str | None = None
-    invVoltWattRespMode: str | None = None
-    invWattRespV1: Number | None = None
-    invWattRespV2: Number | None = None
-    invWattRespV3: Number | None = None
-    invWattRespV4: Number | None = None
-    invWattRespPAtV1: Number | None = None
-    invWattRespPAtV2: Number | None = None
-    invWattRespPAtV3: Number | None = None
-    invWattRespPAtV4: Number | None = None
-    invVoltVarRespMode: str | None = None
-    invVarRespV1: Number | None = None
-    invVarRespV2: Number | None = None
-    invVarRespV3: Number | None = None
-    invVarRespV4: Number | None = None
-    invVarRespQAtV1: Number | None = None
-    invVarRespQAtV2: Number | None = None
-    invVarRespQAtV3: Number | None = None
-    invVarRespQAtV4: Number | None = None
-    invReactivePowerMode: str | None = None
-    invFixReactivePower: Number | None = None
-    fixPowerFactorMode: str | None = None
-    fixPowerFactor: Number | None = None
-    fixPowerFactorQuad: str | None = None
-    powerRespMode: str | None = None
-    referencePointP1: Number | None = None
-    referencePointP2: Number | None = None
-    powerFactorAtP1: Number | None = None
-    powerFactorQuadAtP1: str | None = None
-    powerFactorAtP2: Number | None = None
-    powerFactorQuadAtP2: str | None = None
-    powerRateLimitMode: str | None = None
-    powerRampRate: Number | None = None
-    reactivePowerRegulation: str | None = None
-    voltageSetPoint: Number | None = None
-    voltageSetPointUnit: str | None = None
-    deadband: Number | None = None
-    droop: Number | None = None
-    baseForDroop: Number | None = None
-    reactivePowerSourceLimit: Number | None = None
-    reactivePowerSinkLimit: Number | None = None
-    reactiveFixPowerFactor: Number | None = None
-    reactiveFixPowerFactorQuad: str | None = None
-    generatorRampRate: str | None = None
-    powerRampGradient: Number | None = None
-    frequencySensitiveMode: str | None = None
-    frequencyDeadband: Number | None = None
-    frequencyDroop: Number | None = None
+@with_config(_STRICT)
+class AcConnection(TypedDict, total=False):
+    nspConnectionId: str | None
+    commissioningDate: IsoDate | None
+    equipmentType: str | None
+    count: Count | None
+    status: str | None
+    equipmentInjectionCapacity: Number | None
+    equipmentWithdrawalCapacity: Number | None
+    evseOwnershipStatus: str | None
+    authorisedAgent: str | None
+    managementMethod: str | None
+    frequencyRateOfChange: Number | None
+    voltageVectorShift: Number | None
+    interTripScheme: str | None
+    neutralVoltageDisplacement: Number | None
+    details: AcConnectionDetails | None
+    devices: list[Device] | None
 
 
-class AcConnection(_Record):
-    nspConnectionId: str | None = None
-    commissioningDate: IsoDate | None = None
-    equipmentType: str | None = None
-    count: Count | None = None
-    status: str | None = None
-    equipmentInjectionCapacity: Number | None = None
-    equipmentWithdrawalCapacity: Number | None = None
-    evseOwnershipStatus: str | None = None
-    authorisedAgent: str | None = None
-    managementMethod: str | None = None
-    frequencyRateOfChange: Number | None = None
-    voltageVectorShift: Number | None = None
-    interTripScheme: str | None = None
-    neutralVoltageDisplacement: Number | None = None
-    details: AcConnectionDetails | None = None
-    devices: list[Device] | None = None
+@with_config(_STRICT)
+class KeyedRecord(TypedDict):
+    """What both record kinds share: the NMI that keys them, the one required field."""
+
+    nmi: Nmi
 
 
-class KeyedRecord(_Record):
-    """A whole record of either kind, keyed by its NMI: what `validate_record` returns."""
-
-    nmi: str
-
-    @field_validator("nmi", mode="after")
-    @classmethod
-    def _nmi_format(cls, value: str, info: ValidationInfo) -> str:
-        pattern = _table(info).formats.get("nmi")
-        if pattern is not None and not pattern.fullmatch(value):
-            raise ValueError(f"expected an NMI matching {pattern.pattern}")
-        return value
-
-
-class Installation(KeyedRecord):
+@with_config(_STRICT)
+class Installation(KeyedRecord, total=False):
     """The `data` object of an Installation v2 create or update."""
 
-    jobNumber: str | None = None
-    approvedCapacity: Number | None = None
-    loadCapacity: Number | None = None
-    exportLimitkW: Number | None = None
-    importLimitKw: Number | None = None
-    availablePhasesCount: Count | None = None
-    installedPhasesCount: Count | None = None
-    islandableInstallation: str | None = None
-    centralProtectionControl: str | None = None
-    underFrequencyProtection: Number | None = None
-    underFrequencyProtectionDelay: Number | None = None
-    overFrequencyProtection: Number | None = None
-    overFrequencyProtectionDelay: Number | None = None
-    underVoltageProtection: Number | None = None
-    underVoltageProtectionDelay: Number | None = None
-    overVoltageProtection: Number | None = None
-    overVoltageProtectionDelay: Number | None = None
-    sustainedOverVoltage: Number | None = None
-    sustainedOverVoltageDelay: Number | None = None
-    frequencyRateOfChange: Number | None = None
-    voltageVectorShift: Number | None = None
-    interTripScheme: str | None = None
-    neutralVoltageDisplacement: Number | None = None
-    otherProtection: str | None = None
-    installerId: str | None = None
-    comments: str | None = None
-    acConnections: list[AcConnection] | None = None
+    jobNumber: str | None
+    approvedCapacity: Number | None
+    loadCapacity: Number | None
+    exportLimitkW: Number | None
+    importLimitKw: Number | None
+    availablePhasesCount: Count | None
+    installedPhasesCount: Count | None
+    islandableInstallation: str | None
+    centralProtectionControl: str | None
+    underFrequencyProtection: Number | None
+    underFrequencyProtectionDelay: Number | None
+    overFrequencyProtection: Number | None
+    overFrequencyProtectionDelay: Number | None
+    underVoltageProtection: Number | None
+    underVoltageProtectionDelay: Number | None
+    overVoltageProtection: Number | None
+    overVoltageProtectionDelay: Number | None
+    sustainedOverVoltage: Number | None
+    sustainedOverVoltageDelay: Number | None
+    frequencyRateOfChange: Number | None
+    voltageVectorShift: Number | None
+    interTripScheme: str | None
+    neutralVoltageDisplacement: Number | None
+    otherProtection: str | None
+    installerId: str | None
+    comments: str | None
+    acConnections: list[AcConnection] | None
 
 
-class NmiRecord(KeyedRecord):
+@with_config(_STRICT)
+class NmiRecord(KeyedRecord, total=False):
     """The body of an NMI v1 create or update (not wrapped in `data`)."""
 
-    kind: ClassVar[RecordKind] = RecordKind.NMI
-    substation: str | None = None
-    postCode: str | None = None
-    tni: str | None = None
-    status: str | None = None
-
-    @field_validator("postCode", mode="after")
-    @classmethod
-    def _post_code(cls, value: str | None, info: ValidationInfo) -> str | None:
-        pattern = _table(info).formats.get("postCode")
-        if value is not None and pattern is not None and not pattern.fullmatch(value):
-            raise ValueError(f"expected a post code matching {pattern.pattern}")
-        return value
+    substation: str | None
+    postCode: PostCode | None
+    tni: str | None
+    status: str | None
 
 
-MODELS: dict[RecordKind, type[KeyedRecord]] = {
+# The shape of each kind's record: validation.py checks types against it and walks it for
+# unknown fields and enumerations.
+RECORDS: Mapping[RecordKind, type[KeyedRecord]] = {
     RecordKind.INSTALLATION: Installation,
     RecordKind.NMI: NmiRecord,
 }

@@ -7,7 +7,6 @@ the field's JSON path instead of coming back as a 400.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
 
 from pipeline.codec import content_hash
 from pipeline.enumerations import Enumerations
@@ -36,16 +35,15 @@ class Preflight:
         )
         if isinstance(result, list):
             return invalid(self.kind, item, result)
-        # Strict validation converts nothing, so the record as decoded (a dict, or it would
-        # not have validated) is what gets sent, unknown fields included when let through.
-        payload = cast("dict[str, Any]", item.value)
+        # Strict validation converts nothing, so the record as decoded is what gets sent,
+        # unknown fields included when let through.
         return PreparedRecord(
             seq=seq,
             kind=self.kind,
-            nmi=result.nmi,
+            nmi=result["nmi"],
             source=item.source,
-            payload=payload,
-            content_hash=content_hash(payload),
+            payload=result,
+            content_hash=content_hash(result),
         )
 
 

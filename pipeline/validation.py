@@ -1,6 +1,6 @@
-"""Validation: a decoded JSON value becomes a record model, or the reasons it cannot.
+"""Validation: a decoded JSON value is found to be a record, or the reasons it is not one.
 
-Validation never raises to the caller: `validate_record` returns the model or a list of
+Validation never raises to the caller: `validate_record` returns the record or a list of
 `FieldIssue`, each naming the JSON path of the offending field, so that pre-flight (and
 the simulator's schema check) can report every problem of a record at once.
 """
@@ -8,15 +8,24 @@ the simulator's schema check) can report every problem of a record at once.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Iterator, Mapping
+import weakref
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from functools import cache
-from typing import Any, get_args
+from typing import Any, get_args, get_type_hints
 
-from pydantic import BaseModel, ValidationError
+from pydantic import TypeAdapter, ValidationError
+
+# typing's is_typeddict does not know typing_extensions' TypedDict before Python 3.12.
+from typing_extensions import is_typeddict
 
 from pipeline.enumerations import Enumerations, bundled_enumerations
-from pipeline.models import MODELS, SERVER_FIELDS, KeyedRecord, RecordKind, json_type
+from pipeline.models import RECORDS, SERVER_FIELDS, KeyedRecord, RecordKind, json_type
+
+# Built once, at import: pydantic compiles a shape into its core, so checking a record
+# then costs no Python call per field (dates and formats excepted).
+_ADAPTERS: Mapping[RecordKind, TypeAdapter[KeyedRecord]] = {
+    kind: TypeAdapter(shape) for kind, shape in RECORDS.items()
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,82 +53,132 @@ def _suggestion(name: str, known: Collection[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Level:
-    """The field names one object of a record may carry, and which of them nest objects."""
+    """One object of a record, as the walk sees it with an enumerations table applied.
 
-    known: frozenset[str]
-    nested: Mapping[str, _Level]
+    Each field the object may carry maps to the level of the objects it nests, to its
+    allowed values if it is an enumeration, or to None when pydantic's check is all it
+    needs; a name not in `fields` is unknown. So the walk costs one lookup per field.
+    """
+
+    fields: Mapping[str, _Level | frozenset[str] | None]
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The model an annotation holds (`X | None`, `list[X] | None`), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _shape_in(annotation: Any) -> type | None:
+    """The shape an annotation holds (`X | None`, `list[X] | None`), if any."""
+    if isinstance(annotation, type) and is_typeddict(annotation):
         return annotation
     for arg in get_args(annotation):
-        found = _model_in(arg)
+        found = _shape_in(arg)
         if found is not None:
             return found
     return None
 
 
-@cache
-def _level(model: type[BaseModel]) -> _Level:
-    nested = {}
-    for name, field in model.model_fields.items():
-        child = _model_in(field.annotation)
-        if child is not None:
-            nested[name] = _level(child)
-    return _Level(frozenset(model.model_fields), nested)
+def _level(shape: type, enums: Mapping[str, frozenset[str]]) -> _Level:
+    """The level of `shape`, and of the shapes it nests, with the enumerations applied."""
+    fields: dict[str, _Level | frozenset[str] | None] = {}
+    for name, annotation in get_type_hints(shape).items():
+        child = _shape_in(annotation)
+        fields[name] = enums.get(name) if child is None else _level(child, enums)
+    return _Level(fields)
+
+
+# The levels of each kind, per table. An Enumerations holds dicts and cannot be hashed, so
+# its levels are keyed by identity and dropped with it, before its id can be reused.
+_levels: dict[int, dict[RecordKind, _Level]] = {}
+
+
+def _levels_of(table: Enumerations, kind: RecordKind) -> _Level:
+    """The top level of `kind` with `table` applied; built once per table, not per record."""
+    by_kind = _levels.get(id(table))
+    if by_kind is None:
+        by_kind = _levels[id(table)] = {}
+        weakref.finalize(table, _levels.pop, id(table), None)
+    level = by_kind.get(kind)
+    if level is None:
+        level = by_kind[kind] = _level(RECORDS[kind], table.for_kind(kind))
+    return level
+
+
+# What a level gives for a name it does not know (None is a known field with no values).
+_UNKNOWN = object()
 
 
 def _walk(
     obj: Mapping[str, Any],
     level: _Level,
     loc: tuple[int | str, ...],
-    enums: Mapping[str, frozenset[str]],
     allow_unknown: bool,
-) -> Iterator[FieldIssue]:
+    issues: list[FieldIssue],
+) -> None:
     """Unknown fields and enumeration values, in one pass over the decoded record.
 
-    Done on the decoded dict rather than through a validator on every model field: it is
-    the record that is sent, and one walk costs a fraction of fifty validator calls.
+    Done on the decoded dict rather than through a validator on every field: it is the
+    record that is sent, and one walk costs a fraction of fifty validator calls.
     """
+    fields = level.fields
     for name, value in obj.items():
-        if name not in level.known:
-            if name in SERVER_FIELDS:
-                yield FieldIssue(
-                    json_path((*loc, name)), "is maintained by the register and cannot be submitted"
-                )
-            elif not allow_unknown:
-                yield FieldIssue(
-                    json_path((*loc, name)), f"unknown field{_suggestion(name, level.known)}"
-                )
+        check = fields.get(name, _UNKNOWN)
+        if check is None:
             continue
-        child = level.nested.get(name)
-        if child is not None:
+        if isinstance(check, frozenset):
+            if isinstance(value, str) and value not in check:
+                choices = ", ".join(sorted(check))
+                issues.append(
+                    FieldIssue(json_path((*loc, name)), f"{value!r} is not one of: {choices}")
+                )
+        elif isinstance(check, _Level):
             if isinstance(value, dict):
-                yield from _walk(value, child, (*loc, name), enums, allow_unknown)
+                _walk(value, check, (*loc, name), allow_unknown, issues)
             elif isinstance(value, list):
                 for i, item in enumerate(value):
                     if isinstance(item, dict):
-                        yield from _walk(item, child, (*loc, name, i), enums, allow_unknown)
-        elif isinstance(value, str):
-            allowed = enums.get(name)
-            if allowed is not None and value not in allowed:
-                choices = ", ".join(sorted(allowed))
-                yield FieldIssue(json_path((*loc, name)), f"{value!r} is not one of: {choices}")
+                        _walk(item, check, (*loc, name, i), allow_unknown, issues)
+        elif name in SERVER_FIELDS:
+            issues.append(
+                FieldIssue(
+                    json_path((*loc, name)), "is maintained by the register and cannot be submitted"
+                )
+            )
+        elif not allow_unknown:
+            issues.append(
+                FieldIssue(json_path((*loc, name)), f"unknown field{_suggestion(name, fields)}")
+            )
+
+
+# pydantic's type errors, said in JSON's terms like the rest of the messages.
+_EXPECTED = {
+    "string_type": "a string",
+    "float_type": "a number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "list_type": "an array",
+    "dict_type": "an object",
+}
+
+
+def _got(value: object) -> str:
+    # A fraction where a whole number belongs is shown: "got number" would not say why.
+    return repr(value) if isinstance(value, float) else json_type(value)
 
 
 def _describe(error: Mapping[str, Any]) -> str:
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "missing":
+    kind = error["type"]
+    if kind == "missing":
         return "required field is missing"
-    if error["type"] == "float_type":
-        return f"expected a number, got {json_type(error.get('input'))}"
-    if error["type"] == "finite_number":
+    if kind in _EXPECTED:
+        value = error.get("input")
+        if isinstance(value, float) and value.is_integer():
+            # 1.0 is whole, but is sent as written: the register reads a decimal there.
+            return f"expected a whole number without a decimal point, got {value!r}"
+        return f"expected {_EXPECTED[kind]}, got {_got(value)}"
+    if kind == "finite_number":
         return "expected a finite number"
-    return message
+    if kind == "greater_than_equal":
+        return f"expected {error['ctx']['ge']} or more, got {error.get('input')!r}"
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def validate_record(
@@ -128,20 +187,22 @@ def validate_record(
     *,
     allow_unknown: bool = False,
     enumerations: Enumerations | None = None,
-) -> KeyedRecord | list[FieldIssue]:
+) -> dict[str, Any] | list[FieldIssue]:
     """Validate one decoded JSON value as a record of `kind`: every problem at once.
 
-    Types are pydantic's (strict, so a valid record is exactly the decoded value and is
-    sent as it is); unknown fields are refused with a did-you-mean unless `allow_unknown`,
-    which lets them through to the register. Server-maintained fields are always refused.
+    Types are pydantic's, against the shapes of models.py, and strict: they convert
+    nothing, so a valid record is returned as it is, the decoded dict that gets sent.
+    Unknown fields are refused with a did-you-mean unless `allow_unknown`, which lets them
+    through to the register. Server-maintained fields are always refused.
     """
     if not isinstance(obj, dict):
         return [FieldIssue("(record)", f"expected a JSON object, got {json_type(obj)}")]
     table = enumerations or bundled_enumerations()
-    model_class = MODELS[kind]
-    issues = list(_walk(obj, _level(model_class), (), table.for_kind(kind), allow_unknown))
+    top = _levels_of(table, kind)
+    issues: list[FieldIssue] = []
+    _walk(obj, top, (), allow_unknown, issues)
     try:
-        model = model_class.model_validate(obj, context={"enumerations": table})
+        _ADAPTERS[kind].validate_python(obj, context=table.formats)
     except ValidationError as exc:
         return [FieldIssue(json_path(e["loc"]), _describe(e)) for e in exc.errors()] + issues
-    return issues or model
+    return issues or obj

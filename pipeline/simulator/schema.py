@@ -1,6 +1,6 @@
 """Schema validation of request bodies: 400 with code 1020 naming every bad field [doc].
 
-The record models and their strictness (types, enumerations, unknown and server-maintained
+The record shapes and their strictness (types, enumerations, unknown and server-maintained
 fields refused) are the package's own `validate_record`; this module only unwraps the body
 and turns its issues into AEMO's error envelope.
 """
@@ -39,13 +39,10 @@ def installation_from_body(body: object) -> JsonObject:
         issues.append(FieldIssue("data", "required field is missing"))
     if issues:
         raise _error(issues, "")
-    data = body["data"]
-    result = validate_record(data, RecordKind.INSTALLATION)
+    result = validate_record(body["data"], RecordKind.INSTALLATION)
     if isinstance(result, list):
         raise _error(result, "data")
-    # A dict, or validate_record would have said otherwise.
-    assert isinstance(data, dict)
-    return data
+    return result
 
 
 def nmi_from_body(body: object) -> JsonObject:
@@ -53,5 +50,4 @@ def nmi_from_body(body: object) -> JsonObject:
     result = validate_record(body, RecordKind.NMI)
     if isinstance(result, list):
         raise _error(result, "")
-    assert isinstance(body, dict)
-    return body
+    return result
