@@ -62,8 +62,9 @@ def _pipeline(argv: list[str], profile: Path | None) -> dict[str, Any]:
 def _count_thread_cpu() -> dict[str, float]:
     """CPU seconds of every other thread, by name, added up as each thread ends.
 
-    The ledger has its own thread and the input is read in a worker thread; their CPU is
-    in the run's total but invisible to a profiler of the main thread.
+    The input is read in a worker thread, and the ledger opens, checkpoints and closes its
+    file in one of its own; their CPU is in the run's total but invisible to a profiler of
+    the main thread.
     """
     spent: dict[str, float] = {}
     run = threading.Thread.run

@@ -103,7 +103,8 @@ def _run(
         "maxrss_mb": process.maxrss_mb,
         "run_cpu_per_1000": inner["cpu_s"] / records * 1000,
         "process_cpu_per_1000": process.cpu_s / records * 1000,
-        # wem-der only: CPU by thread ("main", "wem-der-ledger", "asyncio" for the reader).
+        # wem-der only: CPU by thread ("main", "wem-der-ledger" for checkpoints, "asyncio" for
+        # the reader).
         "threads_cpu_per_1000": {
             name: cpu / records * 1000 for name, cpu in inner.get("threads_cpu_s", {}).items()
         },

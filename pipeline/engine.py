@@ -122,9 +122,9 @@ class Engine:
         outcome.run_id = self._run_id
         if self._lineage is not None and outcome.previous_run_id is None:
             outcome.previous_run_id = self._lineage.parent_run_id
-        self._sink.write(outcome)
+        line = self._sink.write(outcome)
         if final:
-            self._ledger.record_outcome(self._run_id, seq, outcome)
+            self._ledger.record_outcome(self._run_id, seq, outcome, line=line)
         else:
             self.not_sent += 1
         self._on_outcome(outcome)

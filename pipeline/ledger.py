@@ -1,9 +1,9 @@
 """The durable record of what was sent: a SQLite ledger, read and written from asyncio.
 
-Each method is one operation run in the ledger's own thread (ledger_thread.py), which
-commits what is queued in batches; the tables are described in ledger_schema.py. Awaited
-methods return once their batch is committed; `finish_attempt`, `set_exists` and
-`record_outcome` are queued and not awaited.
+Each method is one operation, queued and committed in batches on the event loop's thread
+(ledger_batch.py, which says why there and what runs in a thread instead); the tables are
+described in ledger_schema.py. Awaited methods return once their batch is committed;
+`finish_attempt`, `set_exists` and `record_outcome` are queued and not awaited.
 
 Durability: `begin_attempt` returns only once its row is committed, so a request never
 leaves without a row saying it may have. WAL with synchronous=NORMAL makes a commit
@@ -24,6 +24,7 @@ from typing import Any, Self, cast
 import orjson
 
 from pipeline import ledger_schema as sql
+from pipeline.ledger_batch import GroupCommit, Operation
 from pipeline.ledger_rows import (
     HistoryRow,
     InFlight,
@@ -33,7 +34,6 @@ from pipeline.ledger_rows import (
     history_row,
     run_row,
 )
-from pipeline.ledger_thread import LedgerThread, Operation
 from pipeline.outcomes import Outcome, OutcomeRecord
 
 __all__ = ["HistoryRow", "InFlight", "ItemRow", "Ledger", "RecordState", "RunRow"]
@@ -44,7 +44,7 @@ _SENT_SUCCESS = frozenset({Outcome.ACCEPTED, Outcome.CONDITIONAL})
 
 
 def _write(statement: str, params: tuple[Any, ...]) -> Operation:
-    # Returns None rather than the cursor: nothing of the connection leaves its thread.
+    # Returns None rather than the cursor: the connection is used only inside a batch.
     def run(conn: sqlite3.Connection) -> None:
         conn.execute(statement, params)
 
@@ -71,7 +71,12 @@ def _outcome_filter(outcomes: Collection[str] | None) -> tuple[str, list[str]]:
 
 
 class Ledger:
-    """The SQLite ledger; use as `async with Ledger(path) as ledger:`."""
+    """The SQLite ledger; use as `async with Ledger(path) as ledger:`.
+
+    A batch holds at most `batch_max` operations; fire-and-forget writes are committed
+    within `flush_interval_s`; a WAL checkpoint starts once the WAL holds more than
+    `checkpoint_pages` pages (SQLite's own auto-checkpoint point is 1000).
+    """
 
     def __init__(
         self,
@@ -80,16 +85,20 @@ class Ledger:
         batch_max: int = 1000,
         flush_interval_s: float = 0.05,
         busy_timeout_s: float = 5.0,
+        checkpoint_pages: int = 1000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
+        if checkpoint_pages < 1:
+            raise ValueError("checkpoint_pages must be at least 1")
         self._clock = clock
-        self._db = LedgerThread(
+        self._db = GroupCommit(
             path,
             batch_max=batch_max,
             flush_interval_s=flush_interval_s,
             busy_timeout_s=busy_timeout_s,
+            checkpoint_pages=checkpoint_pages,
         )
 
     async def __aenter__(self) -> Self:
@@ -121,25 +130,25 @@ class Ledger:
         inputs_json = orjson.dumps(inputs).decode()
         settings_json = orjson.dumps(settings, default=str).decode()
         params = (run_id, self._clock(), kind, out_dir, inputs_json, settings_json, parent_run_id)
-        await self._db.call(_write(sql.START_RUN, params))
+        await self._db.write(_write(sql.START_RUN, params))
 
     async def finish_run(self, run_id: str, *, status: str, summary: dict[str, Any]) -> None:
         if status not in _RUN_END_STATUSES:
             raise ValueError(f"status must be one of {sorted(_RUN_END_STATUSES)}, not {status!r}")
         params = (status, self._clock(), orjson.dumps(summary).decode(), run_id)
-        updated = await self._db.call(lambda conn: conn.execute(sql.FINISH_RUN, params).rowcount)
+        updated = await self._db.write(lambda conn: conn.execute(sql.FINISH_RUN, params).rowcount)
         if not updated:
             raise ValueError(f"run {run_id!r} was never started in this ledger")
 
     async def get_run(self, run_id: str) -> RunRow | None:
-        row = await self._db.call(lambda conn: conn.execute(sql.GET_RUN, (run_id,)).fetchone())
+        row = await self._db.read(lambda conn: conn.execute(sql.GET_RUN, (run_id,)).fetchone())
         return None if row is None else run_row(row)
 
     # -- records and attempts ----------------------------------------------------------
 
     async def lookup(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], RecordState]:
         """What is known of each (kind, nmi); keys the ledger has never seen are absent."""
-        wanted = list(keys)  # the caller may reuse its list while the thread reads
+        wanted = list(keys)  # another task may change the caller's list before the batch runs
 
         def run(conn: sqlite3.Connection) -> dict[tuple[str, str], RecordState]:
             found = {}
@@ -150,7 +159,7 @@ class Ledger:
                     found[key] = RecordState(exists, *row[1:])
             return found
 
-        return await self._db.call(run)
+        return await self._db.read(run)
 
     async def begin_attempt(
         self, *, run_id: str, seq: int, kind: str, nmi: str, action: str, content_hash: str
@@ -163,7 +172,7 @@ class Ledger:
         """
         params = (run_id, seq, kind, nmi, action, content_hash, self._clock())
         # An INSERT into a rowid table always sets lastrowid.
-        return await self._db.call(
+        return await self._db.write(
             lambda conn: cast(int, conn.execute(sql.BEGIN_ATTEMPT, params).lastrowid)
         )
 
@@ -179,14 +188,17 @@ class Ledger:
         params = (kind, nmi, int(exists))
         self._db.enqueue(_write(sql.SET_EXISTS, params))
 
-    def record_outcome(self, run_id: str, seq: int, outcome: OutcomeRecord) -> None:
+    def record_outcome(
+        self, run_id: str, seq: int, outcome: OutcomeRecord, *, line: bytes | None = None
+    ) -> None:
         """Record the final outcome of input record `seq` of a run (queued).
 
         Settles the record's attempts; an accepted or conditional outcome also becomes
-        the record's last success, and proves the record exists at the register.
+        the record's last success, and proves the record exists at the register. `line`
+        is `outcome.to_line()` when the caller has it already (it wrote the outcome file).
         """
         now = self._clock()
-        line = outcome.to_line()
+        line = outcome.to_line() if line is None else line
         item = (run_id, seq, outcome.kind, outcome.nmi, outcome.outcome, now, line)
         success = None
         if outcome.outcome in _SENT_SUCCESS:
@@ -224,7 +236,7 @@ class Ledger:
 
     async def done_seqs(self, run_id: str) -> set[int]:
         """The seqs of the run that have a final outcome."""
-        return await self._db.call(
+        return await self._db.read(
             lambda conn: {seq for (seq,) in conn.execute(sql.DONE_SEQS, (run_id,))}
         )
 
@@ -235,7 +247,7 @@ class Ledger:
             # Ordered by attempt within seq, so the latest attempt wins.
             return {row[0]: InFlight(*row) for row in conn.execute(sql.IN_FLIGHT, (run_id,))}
 
-        return await self._db.call(run)
+        return await self._db.read(run)
 
     async def iter_run_items(
         self, run_id: str, outcomes: Collection[str] | None = None, *, page_size: int = 1000
@@ -246,7 +258,7 @@ class Ledger:
         after = -1
         while True:
             params = (run_id, after, *wanted, page_size)
-            page = await self._db.call(_read_items(statement, params))
+            page = await self._db.read(_read_items(statement, params))
             for item in page:
                 yield item
             if len(page) < page_size:
@@ -256,12 +268,12 @@ class Ledger:
     async def history(self, kind: str, nmi: str) -> list[HistoryRow]:
         """Every attempt and final outcome for (kind, nmi) across runs, oldest first."""
         params = (kind, nmi, kind, nmi)
-        return await self._db.call(
+        return await self._db.read(
             lambda conn: [history_row(row) for row in conn.execute(sql.HISTORY, params)]
         )
 
     async def outcome_counts(self, run_id: str) -> dict[str, int]:
-        rows = await self._db.call(
+        rows = await self._db.read(
             lambda conn: conn.execute(sql.OUTCOME_COUNTS, (run_id,)).fetchall()
         )
         return dict(rows)
@@ -277,7 +289,7 @@ class Ledger:
         where, wanted = _outcome_filter(outcomes)
         statement = sql.ITEM_KEYS.format(filter=where)
         params = (run_id, *wanted)
-        return await self._db.call(lambda conn: dict(conn.execute(statement, params).fetchall()))
+        return await self._db.read(lambda conn: dict(conn.execute(statement, params).fetchall()))
 
     async def attempt_starts(self, run_id: str) -> list[float]:
         """When each HTTP write attempt of the run began (wall clock, ascending).
@@ -285,11 +297,11 @@ class Ledger:
         Read-backs (GETs) have no attempt row, and the time is taken before the attempt
         waits for the quota: this shows the shape of a run, not an exact quota account.
         """
-        return await self._db.call(
+        return await self._db.read(
             lambda conn: [at for (at,) in conn.execute(sql.ATTEMPT_STARTS, (run_id,))]
         )
 
     async def child_runs(self, run_id: str) -> list[RunRow]:
         """The runs that re-submitted records of `run_id`, oldest first."""
-        rows = await self._db.call(lambda conn: conn.execute(sql.CHILD_RUNS, (run_id,)).fetchall())
+        rows = await self._db.read(lambda conn: conn.execute(sql.CHILD_RUNS, (run_id,)).fetchall())
         return [run_row(row) for row in rows]

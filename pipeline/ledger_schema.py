@@ -1,5 +1,5 @@
 """The ledger's file format: tables, the statements that use them, and opening a file as a
-ledger (checked, created). The SQL runs only in the ledger's own thread (see ledger.py);
+ledger (checked, created). The SQL runs in the ledger's batches (see ledger_batch.py);
 nothing here touches asyncio. What the reads return is in ledger_rows.py.
 
     runs      one row per invocation: status, inputs, settings (no secrets), summary
@@ -169,8 +169,12 @@ def open_ledger(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
             "check the permissions of --state-dir or point it elsewhere"
         ) from exc
     try:
-        # isolation_level=None: the ledger thread issues BEGIN IMMEDIATE/COMMIT itself.
-        conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+        # isolation_level=None: the ledger's batches issue BEGIN and COMMIT themselves.
+        # check_same_thread=False: the ledger opens and closes it in its thread and runs
+        # batches on the event loop's, never two at once.
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
     except sqlite3.Error as exc:
         raise unusable(path, exc) from exc
     try:

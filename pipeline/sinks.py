@@ -89,9 +89,12 @@ class OutcomeSink:
     ) -> None:
         self._close()
 
-    def write(self, outcome: OutcomeRecord) -> None:
-        """Put one outcome on disk (in the OS's hands) before returning."""
-        self.write_line(outcome.outcome, outcome.to_line(), outcome)
+    def write(self, outcome: OutcomeRecord) -> bytes:
+        """Put one outcome on disk (in the OS's hands) before returning; returns its line,
+        for the ledger, which keeps the same line."""
+        line = outcome.to_line()
+        self.write_line(outcome.outcome, line, outcome)
+        return line
 
     def write_line(
         self, outcome: Outcome, line: bytes, record: OutcomeRecord | None = None

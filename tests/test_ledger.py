@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import stat
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from pipeline import ledger_schema
+from pipeline import ledger_batch, ledger_schema
 from pipeline.errors import LedgerError
 from pipeline.ledger import Ledger
 from pipeline.models import RecordKind
@@ -42,7 +43,7 @@ class Clock:
 @pytest.fixture(autouse=True)
 def _no_leaked_thread() -> Iterator[None]:
     yield
-    assert not [t for t in threading.enumerate() if t.name == "wem-der-ledger"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("wem-der-ledger")]
 
 
 @pytest.fixture
@@ -88,6 +89,10 @@ def peek(path: Path, query: str, *params: object) -> list[tuple[Any, ...]]:
     """Read the file through a second connection, as another process would."""
     with closing(sqlite3.connect(path)) as conn:
         return conn.execute(query, params).fetchall()
+
+
+def wal_of(path: Path) -> Path:
+    return Path(f"{path}-wal")
 
 
 async def test_new_ledger_is_private_wal_and_versioned(path: Path) -> None:
@@ -323,7 +328,7 @@ async def test_exit_commits_queued_writes(path: Path) -> None:
 
 
 async def test_exit_commits_queued_writes_when_cancelled(path: Path) -> None:
-    """A task cancelled inside the ledger still commits what it queued, and joins the thread."""
+    """A task cancelled inside the ledger still commits what it queued, and ends the thread."""
     entered = asyncio.Event()
 
     async def body() -> None:
@@ -342,31 +347,249 @@ async def test_exit_commits_queued_writes_when_cancelled(path: Path) -> None:
 
 
 async def test_drain_waits_only_when_more_than_two_batches_are_queued(path: Path) -> None:
-    """drain returns at once for a short queue, and waits for a commit behind a long one."""
-    async with asyncio.timeout(10), Ledger(path, batch_max=10, flush_interval_s=0) as ledger:
-        with closing(sqlite3.connect(path, isolation_level=None)) as other:
-            other.execute("BEGIN EXCLUSIVE")  # nothing can commit until the rollback
-            ledger.record_outcome("r1", 0, outcome(0, Outcome.FAILED))
+    """drain returns at once for a short queue, and commits a long one before returning."""
+    async with asyncio.timeout(10), Ledger(path, batch_max=10, flush_interval_s=60) as ledger:
+        for seq in range(20):
+            ledger.record_outcome("r1", seq, outcome(seq, Outcome.FAILED))
             await ledger.drain()
-            for seq in range(1, 51):
+        # Two full batches, due at the loop's next iteration: drain never let it come.
+        assert peek(path, "SELECT COUNT(*) FROM items") == [(0,)]
+        ledger.record_outcome("r1", 20, outcome(20, Outcome.FAILED))
+        await ledger.drain()
+        assert peek(path, "SELECT COUNT(*) FROM items") == [(21,)]
+
+
+@pytest.mark.parametrize(("interval", "committed"), [(0, 1), (60, 0)])
+async def test_queued_writes_are_committed_after_the_flush_interval(
+    path: Path, interval: float, committed: int
+) -> None:
+    """A write nobody awaits is committed once flush_interval_s has passed, not before."""
+    async with asyncio.timeout(10), Ledger(path, flush_interval_s=interval) as ledger:
+        ledger.record_outcome("r1", 0, outcome(0, Outcome.FAILED))
+        for _ in range(3):  # loop iterations, in which a timer that is due runs
+            await asyncio.sleep(0)
+        assert peek(path, "SELECT COUNT(*) FROM items") == [(committed,)]
+
+
+async def test_queued_writes_are_committed_with_the_next_awaited_call(path: Path) -> None:
+    """begin_attempt's commit carries the writes queued before it, whatever the interval."""
+    async with asyncio.timeout(10), Ledger(path, flush_interval_s=60) as ledger:
+        ledger.record_outcome("r1", 0, outcome(0, Outcome.FAILED))
+        ledger.set_exists(NMI, "N1", exists=True)
+        await attempt(ledger, 1)
+        assert peek(path, "SELECT seq FROM items") == [(0,)]
+        assert peek(path, "SELECT nmi FROM records") == [("N1",)]
+
+
+async def test_a_cancelled_begin_attempt_is_still_committed(path: Path) -> None:
+    """Cancelled while waiting for its commit, begin_attempt's row is committed all the same."""
+    async with asyncio.timeout(10), Ledger(path, flush_interval_s=60) as ledger:
+        task = asyncio.create_task(attempt(ledger, 7))
+        await asyncio.sleep(0)  # the task queues its row and waits for the commit
+        task.cancel()
+        assert peek(path, "SELECT seq FROM attempts") == []
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert peek(path, "SELECT seq FROM attempts") == [(7,)]
+
+
+async def test_a_failed_batch_fails_every_call_in_it_and_after_it(path: Path) -> None:
+    """One failing write rolls back its batch; its callers and every later one get LedgerError."""
+    async with asyncio.timeout(10):
+        stack = AsyncExitStack()
+        ledger = await stack.enter_async_context(Ledger(path, batch_max=3, flush_interval_s=60))
+        await start(ledger)
+        with closing(sqlite3.connect(path)) as other:
+            other.execute("DROP TABLE items")
+            other.commit()
+
+        async def failing_write() -> None:
+            ledger.record_outcome("r1", 0, outcome(0, Outcome.FAILED))
+
+        # Tasks run in the order created, all before the commit they schedule: a batch of
+        # [attempt 1, the failing write, get_run], then one of [attempt 2].
+        calls = [
+            asyncio.create_task(attempt(ledger, 1)),
+            asyncio.create_task(failing_write()),
+            asyncio.create_task(ledger.get_run("r1")),
+            asyncio.create_task(attempt(ledger, 2)),
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        del results[1]  # the write itself raised nothing: nobody awaited it
+        assert [type(result) for result in results] == [LedgerError] * 3, results
+        assert all("no such table: items" in str(result) for result in results)
+        # Attempt 1 was rolled back with its batch, and attempt 2 never ran.
+        assert peek(path, "SELECT COUNT(*) FROM attempts") == [(0,)]
+        with pytest.raises(LedgerError, match="no such table: items"):
+            await ledger.get_run("r1")
+        with pytest.raises(LedgerError, match="no such table: items"):
+            ledger.finish_attempt(1, http_status=200, transaction_id="T1")
+        with pytest.raises(LedgerError, match="no such table: items"):
+            await ledger.flush()
+        with pytest.raises(LedgerError, match="no such table: items"):
+            await stack.aclose()
+
+
+async def test_reads_alone_take_no_write_lock(path: Path) -> None:
+    """A batch of only reads, all `wem-der report` runs, does not wait for a writer's lock."""
+    async with asyncio.timeout(10):
+        async with Ledger(path) as ledger:
+            await start(ledger)
+        async with Ledger(path, busy_timeout_s=0.05) as ledger:
+            with closing(sqlite3.connect(path, isolation_level=None)) as other:
+                other.execute("BEGIN IMMEDIATE")  # a run's batch, holding the write lock
+                run = await ledger.get_run("r1")
+                other.execute("ROLLBACK")
+    assert run is not None
+
+
+async def test_checkpoints_run_in_the_ledger_thread_one_at_a_time(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past checkpoint_pages a checkpoint starts in the thread; none other starts meanwhile."""
+    checkpoint = ledger_batch._checkpoint
+    threads: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def held(conn: sqlite3.Connection) -> None:
+        threads.append(threading.get_ident())
+        started.set()
+        release.wait(10)
+        checkpoint(conn)
+
+    monkeypatch.setattr(ledger_batch, "_checkpoint", held)
+    async with asyncio.timeout(10), Ledger(path, checkpoint_pages=4) as ledger:
+        try:
+            for seq in range(200):
                 ledger.record_outcome("r1", seq, outcome(seq, Outcome.FAILED))
-            draining = asyncio.create_task(ledger.drain())
-            for _ in range(5):
-                await asyncio.sleep(0)
-            assert not draining.done()
-            other.execute("ROLLBACK")
-        await draining
-        assert peek(path, "SELECT COUNT(*) FROM items") == [(51,)]
+                if seq % 20 == 19:  # each commit takes the WAL further past 4 pages
+                    await ledger.flush()
+                if seq == 99:
+                    assert await asyncio.to_thread(started.wait, 10)
+            held_up = list(threads)  # while the first checkpoint is held, the loop commits
+        finally:
+            release.set()
+    assert len(held_up) == 1
+    assert held_up[0] != threading.get_ident()
+    assert threads == [held_up[0]] * 2  # and the last one, at close, in the same thread
 
 
-async def test_cancelled_while_opening_leaves_no_thread(path: Path) -> None:
-    """Cancelling __aenter__ stops the ledger thread before the cancellation propagates."""
+async def test_checkpoints_keep_the_wal_short(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL is copied into the database past checkpoint_pages and then starts over."""
+    checkpoint = ledger_batch._checkpoint
+    checkpointed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def signalling(conn: sqlite3.Connection) -> None:
+        checkpoint(conn)
+        loop.call_soon_threadsafe(checkpointed.set)
+
+    monkeypatch.setattr(ledger_batch, "_checkpoint", signalling)
+    alone = tmp_path / "database-alone.sqlite3"
+    sizes = []
+    async with asyncio.timeout(10), Ledger(path, checkpoint_pages=8) as ledger:
+        for rounds in range(10):
+            for seq in range(rounds * 50, rounds * 50 + 50):
+                ledger.record_outcome("r1", seq, outcome(seq, Outcome.FAILED))
+            await ledger.flush()  # a commit of more than 8 pages
+            await checkpointed.wait()
+            checkpointed.clear()
+            sizes.append(wal_of(path).stat().st_size)
+        shutil.copyfile(path, alone)  # the database file without its WAL
+        ledger.record_outcome("r1", 500, outcome(500, Outcome.FAILED))
+        await ledger.flush()  # the WAL starts over and is cut back
+        restarted = wal_of(path).stat().st_size
+    # Without checkpoints the WAL would grow by a round's pages every round.
+    assert max(sizes) < 2 * sizes[0], sizes
+    assert peek(alone, "SELECT COUNT(*) FROM items") == [(500,)]
+    [(page_size,)] = peek(path, "PRAGMA page_size")
+    assert restarted <= 32 + 8 * (24 + page_size)
+
+
+async def test_a_failed_checkpoint_stops_the_ledger(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint that fails (the disk: PASSIVE never waits for a lock) stops the ledger."""
+
+    def failing(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(ledger_batch, "_checkpoint", failing)
+    async with asyncio.timeout(10):
+        stack = AsyncExitStack()
+        ledger = await stack.enter_async_context(Ledger(path, checkpoint_pages=1))
+
+        async def flush_until_it_fails() -> None:
+            while True:  # until the thread's failure reaches the loop
+                await ledger.flush()
+
+        await start(ledger)  # the WAL now holds more than a page: a checkpoint starts
+        with pytest.raises(LedgerError, match=r"writing the ledger .* failed \(disk I/O error\)"):
+            await flush_until_it_fails()
+        with pytest.raises(LedgerError, match="disk I/O error"):
+            await stack.aclose()
+
+
+async def test_no_checkpoint_runs_inside_a_commit(path: Path, tmp_path: Path) -> None:
+    """SQLite's own auto-checkpoint, which would run in the commit crossing 1000 pages on
+    the event loop, is off."""
+    alone = tmp_path / "database-alone.sqlite3"
+    async with asyncio.timeout(10):
+        async with Ledger(path):
+            pass
+        async with Ledger(path, checkpoint_pages=100_000) as ledger:
+            for seq in range(1200):
+                large = outcome(seq, Outcome.FAILED)
+                large.reason = "x" * 4000  # a page or more per row
+                ledger.record_outcome("r1", seq, large)
+                if seq % 100 == 99:
+                    await ledger.flush()
+            shutil.copyfile(path, alone)  # the database file without its WAL
+    assert peek(alone, "SELECT COUNT(*) FROM items") == [(0,)]
+
+
+async def test_close_checkpoints_while_another_process_reads(path: Path, tmp_path: Path) -> None:
+    """Closing copies the WAL into the database even when SQLite would not (not the last
+    connection to the file, as when `wem-der report` is reading it)."""
+    alone = tmp_path / "database-alone.sqlite3"
+    async with asyncio.timeout(10):
+        async with Ledger(path):
+            pass
+        with closing(sqlite3.connect(path)) as reader:
+            reader.execute("SELECT COUNT(*) FROM runs").fetchall()  # holds the file open
+            async with Ledger(path) as ledger:
+                for seq in range(10):
+                    ledger.record_outcome("r1", seq, outcome(seq, Outcome.FAILED))
+            assert wal_of(path).exists()
+            shutil.copyfile(path, alone)
+    assert peek(alone, "SELECT COUNT(*) FROM items") == [(10,)]
+
+
+async def test_cancelled_while_opening_leaves_nothing_open(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling __aenter__ mid-open closes what the thread opens, and ends the thread."""
+    open_ledger = ledger_schema.open_ledger
+    entered, proceed = threading.Event(), threading.Event()
+
+    def gated(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
+        entered.set()
+        proceed.wait(10)
+        return open_ledger(path, busy_timeout_s=busy_timeout_s)
+
+    monkeypatch.setattr(ledger_batch, "open_ledger", gated)
     async with asyncio.timeout(10):
         opening = asyncio.create_task(Ledger(path).__aenter__())
-        await asyncio.sleep(0)
+        assert await asyncio.to_thread(entered.wait, 10)
         opening.cancel()
+        await asyncio.sleep(0)  # the cancellation reaches __aenter__ while the open goes on
+        proceed.set()
         with pytest.raises(asyncio.CancelledError):
             await opening
+    assert path.exists()  # the open did happen
+    assert not wal_of(path).exists()  # SQLite removes it as the file's last connection closes
 
 
 async def test_a_failed_write_stops_the_ledger_loudly(path: Path) -> None:
