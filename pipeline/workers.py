@@ -109,6 +109,10 @@ class Submitter:
         """One attempt: token, then quota, then the wire, so that the grant is the send time."""
         token = await self._tokens.token()
         await self._limiter.acquire()
+        # A quota wait or a Retry-After pause can outlast the token's refresh margin: ask
+        # again, which costs nothing while it is fresh, rather than send it expired and
+        # spend a request on the 401.
+        token = await self._tokens.token()
         self.counters.requests += 1
         try:
             answer = await self._client.send(method, url, body, token=token)

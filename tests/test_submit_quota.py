@@ -172,3 +172,32 @@ async def test_a_stop_during_a_long_retry_after_ends_the_run_at_once(
         assert summary["status"] == "interrupted"
         assert summary["not_sent"] == len(found["failed"])
         assert result.exit_code == 3
+
+
+async def test_a_token_that_expires_during_a_pause_is_renewed_before_the_send(
+    tmp_path: Path, tap: Tap
+) -> None:
+    """Workers hold their token while a 5 s Retry-After pauses them; the token lives 2 s.
+    Each checks it again once the pause is over, so the register sees no expired token."""
+    async with asyncio.timeout(30):
+        concurrency = 4
+        path = write_jsonl(tmp_path / "in.jsonl", records(20))
+        seed = seed_throttling(0.05, lambda hits: hits == [2], 40)
+        faults = FaultProfile(throttle_rate=0.05, retry_after="seconds", retry_after_s=5)
+        # Slow enough that a token checked just before its send (1 s of margin, 200 ms
+        # here) does not expire on its way, however loaded the machine.
+        clock = FastClock(speed=5)
+        cfg = sim_settings(faults=faults, seed=seed, token_lifetime_s=3)
+        async with Simulator(cfg, clock=clock) as sim:
+            settings = run_settings(sim, tmp_path, concurrency=concurrency)
+            result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
+            stats = sim.stats()
+        found = assert_each_once(result.out_dir, lines_of(path, 20))
+        assert len(found["accepted"]) == 20
+        assert stats["http_429"] == 1
+        [throttled] = [e for e in tap.exchanges if e.status == 429]
+        after = [e for e in tap.exchanges if e.at >= throttled.at + 5.0]
+        # The pause did hold workers that had taken their token before it.
+        assert len(after) >= 20 - concurrency - 2
+        assert [e.status for e in tap.exchanges if e.status == 401] == []
+        assert read_summary(result.out_dir)["token_replays"] == 0
