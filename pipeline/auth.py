@@ -163,7 +163,18 @@ class TokenProvider:
                 " --ca-file, --client-cert and --client-key"
             ) from None
         except _TRANSIENT as exc:
-            raise _Transient(f"{type(exc).__name__} {exc}".strip()) from exc
+            reason = f"{type(exc).__name__} {exc}".strip()
+            if isinstance(exc, aiohttp.ServerDisconnectedError) and self._token_url.startswith(
+                "https:"
+            ):
+                # Under TLS 1.3 a server checks the client certificate after the handshake
+                # and, refusing it, just closes: the client reads a bare end of stream, the
+                # same as a server gone away. Name the likelier cause.
+                reason += (
+                    " (a register that refuses the client certificate closes the connection"
+                    " like this: check --client-cert and --client-key)"
+                )
+            raise _Transient(reason) from exc
         return self._read(answer)
 
     def _read(self, answer: ApiAnswer) -> tuple[str, float]:
