@@ -16,7 +16,9 @@ from importlib import resources
 from pathlib import Path
 
 
-@dataclass(frozen=True)
+# eq=False: a table is hashed by identity, so validation can cache what it derives from
+# one (its dicts could not be hashed by value).
+@dataclass(frozen=True, eq=False)
 class Enumerations:
     """The table of enumerated fields and formats, loaded from TOML."""
 

@@ -158,8 +158,9 @@ class GroupCommit:
         self._files: _Files | None = None
         self._accepting = False
         self._queue: list[_Op] = []
+        # The scheduled commit: a TimerHandle waits out flush_interval_s, a plain Handle
+        # runs at the loop's next iteration.
         self._commit_at: asyncio.Handle | None = None
-        self._commit_soon = False  # _commit_at is for the next iteration, not a timer
         self._checkpointing = False
         self._failure: Exception | None = None
 
@@ -255,15 +256,15 @@ class GroupCommit:
     def _push(self, op: _Op) -> None:
         self._queue.append(op)
         soon = op.future is not None or len(self._queue) >= self._batch_max
-        if self._commit_at is not None and (self._commit_soon or not soon):
-            return
-        if self._commit_at is not None:
-            self._commit_at.cancel()  # a timer, overtaken
+        pending = self._commit_at
+        if pending is not None:
+            if not soon or not isinstance(pending, asyncio.TimerHandle):
+                return  # the commit already scheduled is as early as this one needs
+            pending.cancel()  # a timer, overtaken
         self._schedule(soon=soon)
 
     def _schedule(self, *, soon: bool) -> None:
         loop = cast(asyncio.AbstractEventLoop, self._loop)
-        self._commit_soon = soon
         if soon:
             self._commit_at = loop.call_soon(self._commit)
         else:

@@ -8,9 +8,9 @@ the simulator's schema check) can report every problem of a record at once.
 from __future__ import annotations
 
 import difflib
-import weakref
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, get_args, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
@@ -85,21 +85,12 @@ def _level(shape: type, enums: Mapping[str, frozenset[str]]) -> _Level:
     return _Level(fields)
 
 
-# The levels of each kind, per table. An Enumerations holds dicts and cannot be hashed, so
-# its levels are keyed by identity and dropped with it, before its id can be reused.
-_levels: dict[int, dict[RecordKind, _Level]] = {}
-
-
+# A run has one table, a test a few: a small bound keeps the levels of tables gone by from
+# piling up, and the table's identity is its key (enumerations.py).
+@lru_cache(maxsize=16)
 def _levels_of(table: Enumerations, kind: RecordKind) -> _Level:
     """The top level of `kind` with `table` applied; built once per table, not per record."""
-    by_kind = _levels.get(id(table))
-    if by_kind is None:
-        by_kind = _levels[id(table)] = {}
-        weakref.finalize(table, _levels.pop, id(table), None)
-    level = by_kind.get(kind)
-    if level is None:
-        level = by_kind[kind] = _level(RECORDS[kind], table.for_kind(kind))
-    return level
+    return _level(RECORDS[kind], table.for_kind(kind))
 
 
 # What a level gives for a name it does not know (None is a known field with no values).
