@@ -248,7 +248,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wem-der: {first}", file=sys.stderr)
         return first.exit_code
     except (KeyboardInterrupt, asyncio.CancelledError):
-        # A second Ctrl-C cancels the run at once: writes still on the wire stay "in
-        # flight" in the ledger, and `resume` reads them back before sending anything.
-        print("wem-der: stopped at once; `wem-der resume RUN_ID` finishes the run", file=sys.stderr)
+        # Stopped before a run began (a run that has one says so through StoppedAtOnce).
+        print("wem-der: stopped", file=sys.stderr)
         return 3

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, StoppedAtOnce
 from pipeline.ledger import Ledger
 from pipeline.limiter import parse_rate
 from pipeline.models import RecordKind
@@ -58,6 +58,9 @@ async def run_command(args: argparse.Namespace, hooks: Hooks, progress: Progress
         progress.total = await asyncio.to_thread(estimate_records, plan.inputs)
     try:
         result = await execute(settings, plan, hooks=hooks, resume=resume)
+    except asyncio.CancelledError:
+        # Only the CLI's second Ctrl-C cancels this task, and the process exits after it.
+        raise StoppedAtOnce(plan.run_id) from None
     finally:
         if progress is not None:
             await progress.stop()

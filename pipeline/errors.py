@@ -5,7 +5,8 @@
     ├── InputError                    an input path that cannot be read at all (exit 2)
     ├── RunAborted                    the run stopped; what was done is recorded (exit 3)
     │   ├── CredentialsRefused        the token endpoint refused the client credentials
-    │   └── Misconfigured             405/411/415, a 404 on create, 403s across records
+    │   ├── Misconfigured             405/411/415, a 404 on create, 403s across records
+    │   └── StoppedAtOnce             a second Ctrl-C: nothing waited for
     └── LedgerError                   the state database is corrupt, locked or unwritable
 
 Messages say what was wrong and how to fix it, and never carry a secret.
@@ -44,6 +45,17 @@ class CredentialsRefused(RunAborted):
 
 class Misconfigured(RunAborted):
     """The API says the client is set up wrongly; more requests would only burn the batch."""
+
+
+class StoppedAtOnce(RunAborted):
+    """A second Ctrl-C (or SIGTERM) cancelled the run without waiting for the wire."""
+
+    def __init__(self, run_id: str) -> None:
+        # Writes that were on the wire stay in flight in the ledger: resume reads them back.
+        super().__init__(
+            f"stopped at once; requests on the wire may have landed: `wem-der resume {run_id}`"
+            " reads them back and finishes the run"
+        )
 
 
 class LedgerError(WemDerError):

@@ -183,3 +183,72 @@ async def test_ctrl_c_then_resume(tmp_path: Path, tap: Tap) -> None:
         for line in after["accepted"]:
             if line["nmi"] in kept:
                 assert line == kept[line["nmi"]]
+
+
+async def test_a_second_ctrl_c_stops_at_once_and_resume_reads_back_the_wire(
+    tmp_path: Path, tap: Tap
+) -> None:
+    """Two SIGINTs: exit 3 at once, naming the run. `resume` reads back the two writes that
+    were on the wire before it sends them again, and sends the rest once."""
+    async with asyncio.timeout(60):
+        recs = records(8)
+        path = write_jsonl(tmp_path / "in.jsonl", recs)
+        out = tmp_path / "out"
+        arrived = 0
+        held = asyncio.Event()
+        release = asyncio.Event()
+        dropped: list[int] = []
+        gone = asyncio.Event()
+
+        async def latency(seconds: float) -> None:
+            # Two answers at once; the third and fourth requests wait for the test, then
+            # die with their client, unstored. Later requests (the resume's) pass.
+            nonlocal arrived
+            arrived += 1
+            me = arrived
+            if me == 4:
+                held.set()
+            if me in (3, 4):
+                await release.wait()
+                dropped.append(me)
+                if len(dropped) == 2:
+                    gone.set()
+                raise ConnectionResetError("the client is gone")
+
+        faults = FaultProfile(latency_ms=1)
+        async with Simulator(sim_settings(faults=faults), sleep=latency) as sim:
+            flags = endpoint_flags(sim, tmp_path)
+            args = ["submit", str(path), "--out", str(out), "--concurrency", "2", *flags]
+            async with cli(args, tmp_path) as proc:
+                assert proc.stdin is not None
+                assert proc.stderr is not None
+                proc.stdin.close()
+                await held.wait()  # two writes on the wire, two records done
+                said = b""
+                proc.send_signal(signal.SIGINT)
+                while b"stopping" not in said:
+                    line = await proc.stderr.readline()
+                    assert line, "the run ended without saying it was stopping"
+                    said += line
+                proc.send_signal(signal.SIGINT)
+                _, stderr = await proc.communicate()
+                code = proc.returncode
+            release.set()
+            await gone.wait()
+            run_id = said.split(b"run ", 1)[1].split(b":", 1)[0].decode()
+            first = len(tap.exchanges)
+            resumed = await run_cli(["resume", run_id, *flags], tmp_path)
+            stats = sim.stats()
+
+        assert code == 3, stderr
+        assert f"may have landed: `wem-der resume {run_id}`" in stderr.decode()
+        assert resumed.code == 0, resumed.stderr
+        after = assert_each_once(out, lines_of(path, 8))
+        assert len(after["accepted"]) == 8
+        resent = [(e.method, e.status) for e in tap.exchanges[first:]]
+        assert sorted(resent) == [("GET", 404)] * 2 + [("POST", 200)] * 6
+        # Each write left on the wire is read back first, and sent only when found absent.
+        order = [(e.method, e.nmi) for e in tap.exchanges[first:]]
+        for nmi in {nmi for method, nmi in order if method == "GET"}:
+            assert order.index(("GET", nmi)) < order.index(("POST", nmi))
+        assert (stats["installations"], stats["installation_versions"]) == (8, 8)
