@@ -1,10 +1,10 @@
-"""What the register's answers mean beyond their status: "already exists", ids, accounting."""
+"""What the register's answers mean beyond their status: known refusals, ids, accounting."""
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.codec import ApiAnswer
@@ -25,18 +25,23 @@ class Counters:
 
 
 @dataclass(frozen=True)
-class AlreadyExists:
-    """Whether a refused create means "this NMI already has a record" (configuration, not fact)."""
+class KnownRefusal:
+    """Whether a refusal is one the register gives for a known reason, by its error code or,
+    failing that, its title and detail (configuration, not fact): "this NMI already has a
+    record" on a create, "no record for this NMI" on an update."""
 
+    statuses: frozenset[int]
     codes: frozenset[str]
     pattern: re.Pattern[str]
 
     @classmethod
-    def from_settings(cls, codes: Sequence[str], pattern: str) -> AlreadyExists:
-        return cls(frozenset(codes), re.compile(pattern))
+    def from_settings(
+        cls, statuses: Collection[int], codes: Sequence[str], pattern: str
+    ) -> KnownRefusal:
+        return cls(frozenset(statuses), frozenset(codes), re.compile(pattern))
 
     def __call__(self, answer: ApiAnswer) -> bool:
-        if answer.status not in {400, 409, 422}:
+        if answer.status not in self.statuses:
             return False
         for error in answer.errors:
             if str(error.get("code")) in self.codes:
@@ -54,6 +59,9 @@ def transaction_id(answer: ApiAnswer | None) -> str | None:
     return answer.transaction_id or answer.headers_transaction_id
 
 
-def first_title(answer: ApiAnswer) -> str:
-    """The title of the first error, for messages."""
-    return str(answer.errors[0].get("title", "")) if answer.errors else ""
+def first_error(answer: ApiAnswer) -> str:
+    """The first error's title and detail, for messages ("" when there is none)."""
+    if not answer.errors:
+        return ""
+    error = answer.errors[0]
+    return ": ".join(str(error[k]) for k in ("title", "detail") if error.get(k))

@@ -67,6 +67,10 @@ class Settings(BaseModel):
     # error's title and detail as a fallback.
     already_exists_codes: tuple[str, ...] = ()
     already_exists_pattern: str = "(?i)already (exists?|registered)|exists already|duplicate"
+    # An update of an NMI the register has no record of earns 404 "ID not found" [spec];
+    # a 404 worded otherwise is a gateway's for a path it does not know, a wrong base URL,
+    # and stops the run rather than rejecting every record.
+    record_missing_pattern: str = r"(?i)\bID not found\b"
     # 403s on this many distinct records in a row mean the participant is not entitled:
     # stop the run rather than burn the batch.
     stop_after_forbidden: int = Field(default=3, ge=1)

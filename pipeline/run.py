@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from pipeline.answers import AlreadyExists
+from pipeline.answers import KnownRefusal
 from pipeline.auth import TokenProvider
 from pipeline.client import ApiClient, TlsSettings, make_session
 from pipeline.codec import Compression
@@ -197,9 +197,10 @@ def _submitter(
             max_delay_s=settings.max_delay_s,
         ),
         requested=Action(settings.action),
-        already_exists=AlreadyExists.from_settings(
-            settings.already_exists_codes, settings.already_exists_pattern
+        already_exists=KnownRefusal.from_settings(
+            {400, 409, 422}, settings.already_exists_codes, settings.already_exists_pattern
         ),
+        record_missing=KnownRefusal.from_settings({404}, (), settings.record_missing_pattern),
         stop_after_forbidden=settings.stop_after_forbidden,
         sleep=interruptible(stop, sleep),
         clock=clock,

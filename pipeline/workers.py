@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from pipeline.answers import AlreadyExists, Counters, first_title, transaction_id
+from pipeline.answers import Counters, KnownRefusal, first_error, transaction_id
 from pipeline.auth import TokenProvider
 from pipeline.client import ApiClient
 from pipeline.codec import ApiAnswer, BodyTooLarge, EncodedBody
@@ -63,7 +63,8 @@ class Submitter:
         routes: Routes,
         policy: RetryPolicy,
         requested: Action,
-        already_exists: AlreadyExists,
+        already_exists: KnownRefusal,
+        record_missing: KnownRefusal,
         stop_after_forbidden: int = 3,
         counters: Counters | None = None,
         rng: random.Random | None = None,
@@ -79,6 +80,7 @@ class Submitter:
         self._policy = policy
         self._requested = requested
         self._already_exists = already_exists
+        self._record_missing = record_missing
         self._stop_after_forbidden = stop_after_forbidden
         self.counters = counters or Counters()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
@@ -336,14 +338,18 @@ class Submitter:
         if status != 403:
             self._forbidden_streak = 0
         if status == 404:
-            if action is Action.UPDATE and self._requested is Action.UPSERT:
+            if action is Action.CREATE or not self._record_missing(answer):
+                # A create names no record that could be missing, and an update's 404 that
+                # is not the register's "ID not found" came from a path nobody serves.
+                where = self._routes.collection(rec.kind)
+                raise Misconfigured(
+                    f"404 ({first_error(answer)}) on {action.value} at {where}: the base URL is"
+                    " wrong; check --base-url / --nmi-base-url (or the profile's"
+                    " record_missing_pattern, if the register words a missing NMI otherwise)"
+                )
+            if self._requested is Action.UPSERT:
                 self._learn(rec, exists=False)
                 return _Switch(Action.CREATE, replayed)
-            if action is Action.CREATE:
-                raise Misconfigured(
-                    f"404 on a create ({self._routes.collection(rec.kind)}): the base URL is"
-                    " wrong; check --base-url / --nmi-base-url"
-                )
             return _Final(Outcome.REJECTED, "the register has no record for this NMI")
         verdict = classify(status)
         if verdict is Verdict.DONE:
@@ -361,8 +367,8 @@ class Submitter:
             return _Retry(retry_after, f"HTTP {status}")
         if verdict is Verdict.STOP_RUN:
             raise Misconfigured(
-                f"HTTP {status} {first_title(answer)} from the {rec.kind.value} API: the client is"
-                " misconfigured (URL, method, Content-Length or Content-Type); stopping the run"
+                f"HTTP {status} ({first_error(answer)}) from the {rec.kind.value} API: the client"
+                " is misconfigured (URL, method, Content-Length or Content-Type); stopping the run"
             )
         if action is Action.CREATE and self._already_exists(answer):
             self._learn(rec, exists=True)

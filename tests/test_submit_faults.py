@@ -91,12 +91,16 @@ async def test_lost_answers_are_reconciled_without_duplicates(tmp_path: Path, ta
             assert line["transaction_id"] == read.transaction_id
 
 
-async def test_a_404_on_create_stops_the_run(tmp_path: Path, tap: Tap) -> None:
-    """A wrong base URL: the first 404s stop the run; nothing else is sent; exit code 3."""
+@pytest.mark.parametrize("action", ["upsert", "update"])
+async def test_a_wrong_base_url_stops_the_run(tmp_path: Path, tap: Tap, action: str) -> None:
+    """A wrong base URL: the first 404s stop the run; nothing else is sent; exit code 3.
+    An update's 404 too: it is not the register's "ID not found", so no record is blamed."""
     async with asyncio.timeout(10):
         path = write_jsonl(tmp_path / "in.jsonl", records(30))
         async with Simulator(sim_settings()) as sim:
-            settings = run_settings(sim, tmp_path, base_url=sim.installation_url + "/v9")
+            settings = run_settings(
+                sim, tmp_path, base_url=sim.installation_url + "/v9", action=action
+            )
             result = await submit(settings, tmp_path, [path])
         assert isinstance(result.aborted, Misconfigured)
         assert result.exit_code == 3
@@ -109,8 +113,11 @@ async def test_a_404_on_create_stops_the_run(tmp_path: Path, tap: Tap) -> None:
             assert line["reason"].startswith("not sent")
         summary = read_summary(result.out_dir)
         assert summary["status"] == "aborted"
-        assert "404 on a create" in summary["abort_reason"]
-        assert "--base-url" in summary["abort_reason"]
+        verb = "create" if action == "upsert" else "update"
+        reason = summary["abort_reason"]
+        assert "404 (Not found: Resource not found: /v2/der-register/v9/installation" in reason
+        assert f"on {verb} at " in reason
+        assert "--base-url" in reason
         assert summary["not_sent"] == 30
 
 
