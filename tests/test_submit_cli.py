@@ -111,6 +111,22 @@ async def test_refused_credentials_exit_3_and_never_show_the_secret(tmp_path: Pa
                 assert wrong.encode() not in file.read_bytes(), file
 
 
+async def _interrupt_when(held: asyncio.Event, proc: asyncio.subprocess.Process) -> bytes:
+    """Once `held` is set, SIGINT; what the run said on stderr up to "stopping" (its sign
+    that it has seen the signal)."""
+    assert proc.stdin is not None
+    assert proc.stderr is not None
+    proc.stdin.close()
+    await held.wait()
+    proc.send_signal(signal.SIGINT)
+    said = b""
+    while b"stopping" not in said:
+        line = await proc.stderr.readline()
+        assert line, "the run ended without saying it was stopping"
+        said += line
+    return said
+
+
 async def test_ctrl_c_then_resume(tmp_path: Path, tap: Tap) -> None:
     """SIGINT mid-run: exit 3, the rest not sent; `resume RUN_ID` sends exactly the rest."""
     async with asyncio.timeout(60):
@@ -136,16 +152,7 @@ async def test_ctrl_c_then_resume(tmp_path: Path, tap: Tap) -> None:
             flags = endpoint_flags(sim, tmp_path)
             args = ["submit", str(path), "--out", str(out), "--concurrency", "2", *flags]
             async with cli(args, tmp_path) as proc:
-                assert proc.stdin is not None
-                assert proc.stderr is not None
-                proc.stdin.close()
-                await held.wait()  # two requests on the wire, four records done
-                proc.send_signal(signal.SIGINT)
-                while True:  # the run says it is stopping once it has seen the signal
-                    said = await proc.stderr.readline()
-                    assert said, "the run ended without saying it was stopping"
-                    if b"stopping" in said:
-                        break
+                await _interrupt_when(held, proc)  # two requests on the wire, four done
                 release.set()  # what is on the wire finishes
                 _, stderr = await proc.communicate()
                 code = proc.returncode
@@ -220,16 +227,7 @@ async def test_a_second_ctrl_c_stops_at_once_and_resume_reads_back_the_wire(
             flags = endpoint_flags(sim, tmp_path)
             args = ["submit", str(path), "--out", str(out), "--concurrency", "2", *flags]
             async with cli(args, tmp_path) as proc:
-                assert proc.stdin is not None
-                assert proc.stderr is not None
-                proc.stdin.close()
-                await held.wait()  # two writes on the wire, two records done
-                said = b""
-                proc.send_signal(signal.SIGINT)
-                while b"stopping" not in said:
-                    line = await proc.stderr.readline()
-                    assert line, "the run ended without saying it was stopping"
-                    said += line
+                said = await _interrupt_when(held, proc)  # two writes on the wire, two done
                 proc.send_signal(signal.SIGINT)
                 _, stderr = await proc.communicate()
                 code = proc.returncode
