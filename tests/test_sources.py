@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import json
 import os
+import random
 import threading
 import tracemalloc
 import zlib
@@ -749,3 +751,80 @@ def test_ambiguous_values_found_whichever_way_they_are_checked(
     else:
         assert item.error is not None
         assert expected in item.error
+
+
+class _Ambiguous(Exception):
+    pass
+
+
+def _oracle(line: bytes) -> str | None:
+    """What the standard library, reading every key and digit, finds wrong with `line`."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len({key for key, _ in items}) < len(items):
+            raise _Ambiguous("duplicate key")
+        return dict(items)
+
+    def integer(text: str) -> int:
+        if not -(2**63) <= int(text) < 2**64:
+            raise _Ambiguous("an integer beyond 64 bits")
+        return int(text)
+
+    try:
+        json.loads(line, object_pairs_hook=pairs, parse_int=integer)
+    except _Ambiguous as exc:
+        return str(exc)
+    return None
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> str:
+    """JSON text meant to trip a count: escaped quotes and backslashes, keys named twice,
+    integers either side of 64 bits, long digit runs inside strings."""
+
+    def text() -> str:
+        chars = ["a", '"', "\\", "\u00e9", " ", "9" * rng.randint(1, 22), "\u2028", "/", "\n"]
+        value = "".join(rng.choice(chars) for _ in range(rng.randint(0, 5)))
+        return json.dumps(value, ensure_ascii=rng.random() < 0.5)
+
+    roll = rng.random()
+    if depth > 3 or roll < 0.3:
+        return text()
+    if roll < 0.55:
+        edge = rng.choice([2**63, -(2**63), 2**64, 10**19, 10**20, 10**25])
+        numbers = [
+            str(rng.randint(-(10**6), 10**6)),
+            str(edge + rng.randint(-2, 2)),
+            repr(rng.uniform(-1e6, 1e6)),
+            "12345678901234567890.5",
+            "1.5e19",
+        ]
+        return rng.choice(numbers)
+    if roll < 0.65:
+        return rng.choice(["true", "false", "null"])
+    if roll < 0.85:
+        keys = [json.dumps(rng.choice(["a", "b", "nmi", 'q"'])) for _ in range(rng.randint(0, 4))]
+        return "{" + ",".join(f"{k}:{_random_value(rng, depth + 1)}" for k in keys) + "}"
+    return "[" + ",".join(_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))) + "]"
+
+
+def test_the_counting_check_agrees_with_a_full_parse(tmp_path: Path) -> None:
+    """Over 3000 seeded random records, duplicate keys and long integers are found exactly
+    where the standard library, reading everything, finds them; no other record is refused."""
+    rng = random.Random(20261128)
+    lines = [f'{{"nmi":"8001000001","v":{_random_value(rng)}}}'.encode() for _ in range(3000)]
+    path = tmp_path / "fuzz.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    items = asyncio.run(collect([str(path)]))
+    assert len(items) == len(lines)
+    found = {"duplicate key": 0, "an integer beyond 64 bits": 0}
+    for line, item in zip(lines, items, strict=True):
+        expected = _oracle(line)
+        if expected is None:
+            assert item.error is None, line
+            assert item.value == orjson.loads(line)
+        else:
+            assert item.error is not None, line
+            assert item.error.startswith(expected), (line, item.error)
+            found[expected] += 1
+    # The corpus exercises both refusals, not just clean records.
+    assert min(found.values()) >= 50, found
