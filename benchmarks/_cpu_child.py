@@ -2,7 +2,7 @@
 
     python -m benchmarks._cpu_child RESULT.json pipeline [--profile OUT.prof] -- WEM-DER ARGS
     BENCH_BEARER_TOKEN=... python -m benchmarks._cpu_child RESULT.json floor --input F
-        --url U --participant P --concurrency N
+        --url U --participant P --concurrency N [--tuned-gc]
 
 Both import what they need first, then time only the run: `time.process_time()` (every
 thread of this process, user + system) and the wall clock, written to RESULT.json. The
@@ -10,7 +10,8 @@ parent reads the whole process (imports included) from the kernel as well.
 
 The floor is the least any Python client must spend to send these records: a bare
 aiohttp loop posting payloads encoded before the clock starts, at the same concurrency,
-reading each answer, with nothing recorded.
+reading each answer, with nothing recorded. `--tuned-gc` gives it wem-der's garbage
+collector settings (`pipeline.cli.tune_gc`), to show what of the gap those settings close.
 """
 
 from __future__ import annotations
@@ -139,12 +140,17 @@ def main() -> int:
     f.add_argument("--url", required=True)
     f.add_argument("--participant", required=True)
     f.add_argument("--concurrency", type=int, required=True)
+    f.add_argument("--tuned-gc", action="store_true", help="wem-der's collector settings")
     args = parser.parse_args()
     if args.role == "pipeline":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         result = _pipeline(argv, args.profile)
     else:
         bodies = _bodies(args.input)
+        if args.tuned_gc:
+            from pipeline.cli import tune_gc
+
+            tune_gc()
         # The token comes through the environment: a command line shows in `ps`.
         token = os.environ[TOKEN_ENV]
         result = asyncio.run(_floor(bodies, args.url, token, args.participant, args.concurrency))

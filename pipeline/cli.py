@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -183,6 +184,23 @@ def configure_logging(log_format: str | None, *, quiet: bool) -> None:
     )
 
 
+# Net allocations of container objects between two young-generation collections. CPython's
+# default, 700, is less than what a run holds alive at once (a hundred requests in flight,
+# each with its record, body, answer and task), so it collected every few records: about
+# 12% of a run's CPU, measured. At this threshold a run collects about once every few
+# thousand records, and cyclic garbage waiting for it is a few MB at most.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage at the pace of a run rather than CPython's default."""
+    # What start-up built (modules, parsers, the profile) lives as long as the process:
+    # frozen, it is left out of every later collection instead of traversed by each.
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def _install_stop(stop: asyncio.Event) -> None:
     """First Ctrl-C: finish what is on the wire, record the rest as not sent. Second: now."""
     loop = asyncio.get_running_loop()
@@ -227,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(args.log_format, quiet=show_progress)
         if args.command == "submit" and args.dry_run:
             return commands.dry_run(args)
+
+        tune_gc()
 
         async def go() -> int:
             progress = Progress() if show_progress else None
