@@ -103,6 +103,8 @@ class ApiAnswer:
     raw_excerpt: str = ""
     # Set by the client: from just before the request left to the end of the body.
     latency_ms: float | None = None
+    # Whether the body was a JSON object, as every answer of the register is [spec].
+    json_object: bool = False
 
 
 def _text(value: object) -> str:
@@ -185,5 +187,14 @@ def parse_answer(
         txn = _transaction_id(doc)
     # Built once: a frozen answer rebuilt field by field costs more than the parse.
     return ApiAnswer(
-        status, txn, data, errors, exceptions, retry_after, header_txn, excerpt, latency_ms
+        status,
+        txn,
+        data,
+        errors,
+        exceptions,
+        retry_after,
+        header_txn,
+        excerpt,
+        latency_ms,
+        isinstance(doc, dict),
     )

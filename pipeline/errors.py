@@ -5,7 +5,7 @@
     ├── InputError                    an input path that cannot be read at all (exit 2)
     ├── RunAborted                    the run stopped; what was done is recorded (exit 3)
     │   ├── CredentialsRefused        the token endpoint refused the client credentials
-    │   ├── Misconfigured             405/411/415, a wrong-URL 404, 403s on records in a row
+    │   ├── Misconfigured             405/411/415, a wrong-URL 404, a 2xx not JSON, 403s
     │   └── StoppedAtOnce             a second Ctrl-C: nothing waited for
     └── LedgerError                   the state database is corrupt, locked or unwritable
 

@@ -80,9 +80,11 @@ _STOP_RUN_STATUSES = frozenset({405, 411, 415})
 def classify(status: int) -> Verdict:
     """Map an HTTP status to a Verdict.
 
-    404 comes back TERMINAL ("ID not found" for one NMI's update); for a create, or on many
-    records, it means a wrong URL, and the caller must escalate it to STOP_RUN. 403 is
-    TERMINAL for the record; 403s across records are the caller's cue to stop the run.
+    By status alone: the caller reads the answer too. 404 comes back TERMINAL ("ID not
+    found" for one NMI's update); on a create, or worded otherwise, it means a wrong URL,
+    and the caller escalates it to STOP_RUN, as it does a 2xx whose body is not the
+    register's JSON. 403 is TERMINAL for the record; 403s across records are the caller's
+    cue to stop the run.
     """
     if not 100 <= status <= 599:
         raise ValueError(f"{status} is not an HTTP status code (100-599)")

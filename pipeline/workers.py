@@ -353,6 +353,16 @@ class Submitter:
             return _Final(Outcome.REJECTED, "the register has no record for this NMI")
         verdict = classify(status)
         if verdict is Verdict.DONE:
+            if not answer.json_object:
+                # The register answers every call with a JSON object [spec]. A 2xx of HTML,
+                # text or nothing came from something else (a wrong host, a proxy's page),
+                # and counting it accepted would make later runs skip a record it never saw.
+                body = repr(answer.raw_excerpt[:80]) if answer.raw_excerpt else "no JSON object"
+                raise Misconfigured(
+                    f"HTTP {status} with {body} for a {action.value} at"
+                    f" {self._routes.collection(rec.kind)}: not the register's answer, so not"
+                    " counted as accepted; check --base-url / --nmi-base-url and any proxy"
+                )
             return None
         if verdict is Verdict.REFRESH_TOKEN:
             if replayed:

@@ -99,7 +99,9 @@ def test_parse_success_envelope() -> None:
     """`{transactionId, data}` gives the data and the transaction id."""
     body = orjson.dumps({"transactionId": "t-1", "data": {"nmi": "8001234567"}})
     answer = parse_answer(201, body, {})
-    assert answer == ApiAnswer(status=201, transaction_id="t-1", data={"nmi": "8001234567"})
+    assert answer == ApiAnswer(
+        status=201, transaction_id="t-1", data={"nmi": "8001234567"}, json_object=True
+    )
 
 
 def test_parse_error_envelope_normalises_codes_to_strings() -> None:

@@ -162,6 +162,46 @@ async def test_a_misconfigured_client_stops_the_run(tmp_path: Path, status: int)
         assert f"HTTP {status}" in summary["abort_reason"]
 
 
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        (Reply(200, body=b"<html>Welcome to the portal</html>"), "'<html>Welcome to the portal"),
+        (Reply(201, body=b""), "no JSON object"),
+        (Reply(200, json=[]), "no JSON object"),
+    ],
+)
+async def test_a_success_that_is_not_the_registers_answer_stops_the_run(
+    tmp_path: Path, reply: Reply, said: str
+) -> None:
+    """A 2xx that is no JSON object (a portal's page, nothing) is not taken for accepted: the
+    run stops, and the next run sends that record again instead of skipping it."""
+    async with asyncio.timeout(10), serve() as server:
+        server.script(Reply(200, TOKEN_BODY))
+        for n in range(2):
+            server.script(Reply(201, {"transactionId": f"txn-{n}", "data": {}}))
+        server.script(reply)
+        path = write_jsonl(tmp_path / "in.jsonl", records(5))
+        settings = scripted_settings(server.url, tmp_path)
+        result = await submit(settings, tmp_path, [path])
+        assert isinstance(result.aborted, Misconfigured)
+        assert result.exit_code == 3
+        found = assert_each_once(result.out_dir, lines_of(path, 5))
+        assert [line["source"]["line"] for line in found["accepted"]] == [1, 2]
+        assert len(found["failed"]) == 3
+        summary = read_summary(result.out_dir)
+        assert said in summary["abort_reason"]
+        assert "not the register's answer, so not counted as accepted" in summary["abort_reason"]
+
+        # Nothing recorded the third record as accepted: the next run sends it, not skips it.
+        server.script(Reply(200, TOKEN_BODY))
+        for n in range(2, 5):
+            server.script(Reply(201, {"transactionId": f"txn-{n}", "data": {}}))
+        again = await submit(settings, tmp_path, [path], out="again")
+        found = assert_each_once(again.out_dir, lines_of(path, 5))
+        assert [line["source"]["line"] for line in found["skipped"]] == [1, 2]
+        assert sorted(line["source"]["line"] for line in found["accepted"]) == [3, 4, 5]
+
+
 async def test_403_across_records_stops_the_run(tmp_path: Path, tap: Tap) -> None:
     """A participant not entitled: two records rejected 403, the third stops the run."""
     async with asyncio.timeout(10):
