@@ -25,7 +25,7 @@ from pipeline.outcomes import Action, Outcome, OutcomeRecord, PreparedRecord, So
 from pipeline.preflight import Preflight, nmi_of
 from pipeline.recent import Recent
 from pipeline.sinks import OutcomeSink
-from pipeline.workers import Submitter
+from pipeline.workers import StoppedByAnswer, Submitter
 
 log = structlog.get_logger()
 
@@ -242,7 +242,11 @@ class Engine:
             if self.abort is None:
                 self.abort = exc
             self._stop.set()
-            self._not_sent(rec.seq, _pending(rec))
+            if isinstance(exc, StoppedByAnswer):
+                # Not final either: `resume` reads the record back or sends it again.
+                self._finish(rec.seq, exc.outcome, final=False)
+            else:
+                self._not_sent(rec.seq, _pending(rec))
             return
         self._finish(rec.seq, outcome)
 

@@ -49,6 +49,15 @@ class _Unknown:
 UNKNOWN = _Unknown()
 
 
+class StoppedByAnswer(Misconfigured):
+    """A record's answer showed the client misconfigured: the run stops, and the record's
+    outcome (sent, with that answer) goes with the reason."""
+
+    def __init__(self, cause: Misconfigured, outcome: OutcomeRecord) -> None:
+        super().__init__(str(cause))
+        self.outcome = outcome
+
+
 class Submitter:
     """Submits one record at a time per call; shared by all workers of a run."""
 
@@ -297,7 +306,9 @@ class Submitter:
                         # revoked again while this record waited to retry) is news that
                         # earns its own refresh and replay, not "401 again after a refresh".
                         replayed = False
-                    step = self._after(rec, answer, action, replayed, token)
+                    step = self._step(
+                        rec, answer, action, replayed, token, attempts=attempts, started=started
+                    )
                     if step is None:
                         return self._success(
                             rec, answer, action, attempts=attempts, started=started
@@ -329,6 +340,33 @@ class Submitter:
                     reason=f"retry budget spent; last: {reason}",
                 )
             await self._sleep(delay)
+
+    def _step(
+        self,
+        rec: PreparedRecord,
+        answer: ApiAnswer,
+        action: Action,
+        replayed: bool,
+        token: str,
+        *,
+        attempts: int,
+        started: float,
+    ) -> _Final | _Switch | _Retry | None:
+        """`_after`, with a misconfiguration it finds carrying the record's outcome: sent,
+        and answered, not "not sent"."""
+        try:
+            return self._after(rec, answer, action, replayed, token)
+        except Misconfigured as exc:
+            outcome = self._outcome(
+                rec,
+                Outcome.FAILED,
+                action=action,
+                attempts=attempts,
+                started=started,
+                answer=answer,
+                reason=f"its answer stopped the run: {exc}",
+            )
+            raise StoppedByAnswer(exc, outcome) from None
 
     def _after(
         self, rec: PreparedRecord, answer: ApiAnswer, action: Action, replayed: bool, token: str

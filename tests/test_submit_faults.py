@@ -109,8 +109,16 @@ async def test_a_wrong_base_url_stops_the_run(tmp_path: Path, tap: Tap, action: 
         assert {e.status for e in tap.exchanges} == {404}
         found = assert_each_once(result.out_dir, lines_of(path, 30))
         assert len(found["failed"]) == 30
+        # Those whose request earned a 404 say so; the rest were never sent.
+        answered = [line for line in found["failed"] if line["http_status"] == 404]
+        assert len(answered) == len(tap.exchanges)
+        for line in answered:
+            assert line["reason"].startswith("its answer stopped the run: 404 (Not found")
+            assert line["attempts"] == 1
+            assert line["transaction_id"]  # the simulator's 404 carries one, kept for AEMO
         for line in found["failed"]:
-            assert line["reason"].startswith("not sent")
+            if line not in answered:
+                assert line["reason"].startswith("not sent")
         summary = read_summary(result.out_dir)
         assert summary["status"] == "aborted"
         verb = "create" if action == "upsert" else "update"
@@ -155,8 +163,14 @@ async def test_a_misconfigured_client_stops_the_run(tmp_path: Path, status: int)
         assert [line["transaction_id"] for line in accepted] == ["txn-0", "txn-1", "txn-2"]
         assert [line["source"]["line"] for line in accepted] == [1, 2, 3]
         assert len(found["failed"]) == 7
-        assert all(line["reason"].startswith("not sent") for line in found["failed"])
+        [answered] = [line for line in found["failed"] if line["http_status"] is not None]
+        assert (answered["source"]["line"], answered["http_status"]) == (4, status)
+        assert answered["transaction_id"] == "txn-bad"
+        assert answered["reason"].startswith(f"its answer stopped the run: HTTP {status}")
+        unsent = [line for line in found["failed"] if line is not answered]
+        assert all(line["reason"].startswith("not sent") for line in unsent)
         summary = read_summary(result.out_dir)
+        # Left for `resume`, the answered one included: it reads that one back first.
         assert (summary["status"], summary["accepted"], summary["not_sent"]) == ("aborted", 3, 7)
         assert summary["records"] == 10
         assert f"HTTP {status}" in summary["abort_reason"]
@@ -188,6 +202,9 @@ async def test_a_success_that_is_not_the_registers_answer_stops_the_run(
         found = assert_each_once(result.out_dir, lines_of(path, 5))
         assert [line["source"]["line"] for line in found["accepted"]] == [1, 2]
         assert len(found["failed"]) == 3
+        [third] = [line for line in found["failed"] if line["source"]["line"] == 3]
+        assert third["http_status"] == reply.status
+        assert third["reason"].startswith(f"its answer stopped the run: HTTP {reply.status} with")
         summary = read_summary(result.out_dir)
         assert said in summary["abort_reason"]
         assert "not the register's answer, so not counted as accepted" in summary["abort_reason"]
@@ -215,6 +232,8 @@ async def test_403_across_records_stops_the_run(tmp_path: Path, tap: Tap) -> Non
         found = assert_each_once(result.out_dir, lines_of(path, 10))
         assert [line["http_status"] for line in found["rejected"]] == [403, 403]
         assert len(found["failed"]) == 8
+        [third] = [line for line in found["failed"] if line["http_status"] == 403]
+        assert third["reason"].startswith("its answer stopped the run: 403 Forbidden on 3")
         summary = read_summary(result.out_dir)
         assert "403 Forbidden on 3 records in a row" in summary["abort_reason"]
         assert (summary["rejected"], summary["not_sent"], summary["requests"]) == (2, 8, 3)
