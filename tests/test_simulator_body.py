@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import zlib
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -212,3 +214,27 @@ async def test_unknown_and_server_fields_are_refused(client: SimClient) -> None:
         assert answer.status == 400
         assert "data.exportLimitKW: unknown field" in details
         assert "data.acConnections[0].connectionId" in details
+
+
+async def test_a_client_gone_mid_body_is_a_400_not_a_logged_error(
+    client: SimClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Half a body, then the connection closes: counted as a 400, nothing stored, and no
+    "Error handling request" traceback in the server's log."""
+    url = urlsplit(create_url(client))
+    assert url.hostname is not None
+    head = [f"POST {url.path} HTTP/1.1", f"Host: {url.netloc}", "Content-Type: application/json"]
+    head += [f"{name}: {value}" for name, value in client.headers().items()]
+    head += ["Content-Length: 1000", "", ""]
+    async with asyncio.timeout(10):
+        _, writer = await asyncio.open_connection(url.hostname, url.port)
+        writer.write("\r\n".join(head).encode() + b'{"data": {"nmi": "60010')
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        while "installation.create" not in client.sim.stats()["requests"]:
+            await asyncio.sleep(0)  # the server's turn: bounded by the timeout above
+    assert client.sim.stats()["requests"]["installation.create"] == {"400": 1}
+    assert client.sim.stats()["installations"] == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []

@@ -38,7 +38,12 @@ async def read_json(request: web.Request, max_bytes: int) -> object:
     encoding = headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
     if encoding not in ("identity", "gzip", "deflate"):
         raise ApiError.one(415, f"Content-Encoding {encoding!r} is not gzip or deflate")
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except ConnectionResetError:
+        # The client went away mid-body (killed, say): nothing is stored and no one reads
+        # the answer. A 400 in the statistics, not a traceback in the server's log.
+        raise ApiError.one(400, "The connection closed before the whole body arrived") from None
     if encoding != "identity":
         raw = _decompress(raw, encoding, max_bytes)
     try:
