@@ -1,8 +1,8 @@
 """`wem-der`: argument parsing, logging set-up and exit codes; no business logic.
 
 Exit codes: 0 every record accepted, conditional or skipped; 1 any rejected, invalid or
-failed; 2 a usage or configuration error; 3 the run was aborted (credentials refused,
-client misconfigured, interrupted).
+failed; 2 a usage or configuration error, or a ledger or outcome file that cannot be
+written; 3 the run was aborted (credentials refused, client misconfigured, interrupted).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
     │   ├── CredentialsRefused        the token endpoint refused the client credentials
     │   ├── Misconfigured             405/411/415, a wrong-URL 404, a 2xx not JSON, 403s
     │   └── StoppedAtOnce             a second Ctrl-C: nothing waited for
-    └── LedgerError                   the state database is corrupt, locked or unwritable
+    ├── LedgerError                   the state database is corrupt, locked or unwritable
+    └── OutputError                   an outcome file cannot be written (a full disk)
 
 Messages say what was wrong and how to fix it, and never carry a secret.
 """
@@ -60,5 +61,11 @@ class StoppedAtOnce(RunAborted):
 
 class LedgerError(WemDerError):
     """The ledger database cannot be used (corrupt, locked by another run, unwritable)."""
+
+    exit_code = 2
+
+
+class OutputError(WemDerError):
+    """An outcome file cannot be written (a full disk, say); the ledger holds every outcome."""
 
     exit_code = 2

@@ -24,6 +24,7 @@ from typing import Any, Self
 
 import orjson
 
+from pipeline.errors import OutputError
 from pipeline.outcomes import Outcome, OutcomeRecord
 from pipeline.private_files import private_dir, write_all, write_json_atomic
 
@@ -103,11 +104,26 @@ class OutcomeSink:
         a row in problems.csv, so rebuilding the files of a large run stays cheap."""
         if not self._fds:
             raise RuntimeError("OutcomeSink.write called outside its with-block")
-        write_all(self._fds[outcome], line)
+        self._put(outcome_file(outcome), self._fds[outcome], line)
         if outcome in _WITH_PROBLEMS:
             record = record or OutcomeRecord.from_json(orjson.loads(line))
-            write_all(self._problems_fd, _csv_rows(_problem_rows(record)))
+            self._put(PROBLEMS_CSV, self._problems_fd, _csv_rows(_problem_rows(record)))
         self._counts[outcome] += 1
+
+    def _put(self, name: str, fd: int, data: bytes) -> None:
+        try:
+            write_all(fd, data)
+        except OSError as exc:
+            raise self._cannot_write(name, exc) from None
+
+    def _cannot_write(self, name: str, exc: OSError) -> OutputError:
+        # The ledger commits each outcome after its line is written here, so it has all of
+        # them but this one, whose write attempt it still holds: resume settles that one.
+        return OutputError(
+            f"cannot write {self._dir / name}: {exc.strerror or exc}. Every outcome so far is"
+            f" in the ledger: make room, then `wem-der resume {self._dir}` rebuilds the"
+            " outcome files and finishes the run"
+        )
 
     @property
     def counts(self) -> dict[str, int]:
@@ -115,7 +131,10 @@ class OutcomeSink:
         return {outcome.value: self._counts[outcome] for outcome in Outcome}
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
-        write_json_atomic(self._dir / SUMMARY_JSON, summary)
+        try:
+            write_json_atomic(self._dir / SUMMARY_JSON, summary)
+        except OSError as exc:
+            raise self._cannot_write(SUMMARY_JSON, exc) from None
 
     def _open(self, name: str) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC

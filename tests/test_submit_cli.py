@@ -250,3 +250,32 @@ async def test_a_second_ctrl_c_stops_at_once_and_resume_reads_back_the_wire(
         for nmi in {nmi for method, nmi in order if method == "GET"}:
             assert order.index(("GET", nmi)) < order.index(("POST", nmi))
         assert (stats["installations"], stats["installation_versions"]) == (8, 8)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+async def test_a_full_disk_stops_the_run_with_a_message_and_resume_finishes_it(
+    tmp_path: Path,
+) -> None:
+    """accepted.jsonl on a full device: exit 2 with the file, the cause and the resume
+    command, no traceback; once there is room, `resume DIR` accounts for every record once,
+    and the register holds each once."""
+    async with asyncio.timeout(60):
+        path = write_jsonl(tmp_path / "in.jsonl", records(20))
+        out = tmp_path / "out"
+        out.mkdir(mode=0o700)
+        (out / "accepted.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
+        args = ["--no-progress", "--log-format", "json"]
+        full = await run_cli(["submit", str(path), "--out", str(out), *args], tmp_path)
+        (out / "accepted.jsonl").unlink()
+        resumed = await run_cli(["resume", str(out), *args], tmp_path)
+
+    assert full.code == 2, full.stderr
+    assert "Traceback" not in full.stderr
+    said = f"wem-der: cannot write {out / 'accepted.jsonl'}: No space left on device."
+    assert said in full.stderr
+    assert f"`wem-der resume {out}`" in full.stderr
+    assert resumed.code == 0, resumed.stderr
+    found = assert_each_once(out, lines_of(path, 20))
+    assert len(found["accepted"]) == 20
+    register = read_summary(out)["register"]
+    assert (register["installations"], register["installation_versions"]) == (20, 20)
