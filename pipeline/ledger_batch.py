@@ -349,7 +349,8 @@ class GroupCommit:
         else:
             error = LedgerError(
                 f"writing the ledger {self._path} failed ({cause}); what was committed "
-                "is kept, but the run cannot go on without a truthful record"
+                "is kept, but the run cannot go on without a truthful record: fix the cause"
+                " (a full disk, say), then `wem-der resume` the run"
             )
         error.__cause__ = cause
         return error
