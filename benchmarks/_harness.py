@@ -216,15 +216,22 @@ def run_measured(
     cwd: Path = REPO,
     env: dict[str, str] | None = None,
     check: bool = True,
+    name: str = "",
 ) -> Measured:
     """Run `command` to its end and return what it cost, as the kernel accounted it.
 
     It runs under `benchmarks/_launch.py`, which forks and execs it and reads its cost
     with wait4, so its peak RSS is its own and not this process's (see there). Its output
     goes to files (never a pipe that could fill and stall it). Killed, and BenchError
-    raised, after `timeout_s`; with `check`, a non-zero exit raises too.
+    raised, after `timeout_s`; with `check`, a non-zero exit raises too. The error starts
+    with `name` and ends with the last lines of `stderr`.
     """
     cmd = [str(part) for part in command]
+
+    def failed(why: str) -> BenchError:
+        said = f"\n{tail(stderr)}" if stderr else ""
+        return BenchError(f"{name}: {why}{said}" if name else f"{why}{said}")
+
     with tempfile.TemporaryDirectory(prefix="wem-der-bench-launch-") as scratch:
         report = Path(scratch) / "report.json"
         with contextlib.ExitStack() as stack:
@@ -245,7 +252,7 @@ def run_measured(
                 os.killpg(proc.pid, signal.SIGKILL)  # the group this call started, by its id
                 proc.wait(timeout=60)
         if proc.returncode != 0 or not report.exists():
-            raise BenchError(f"the launcher failed ({proc.returncode}) running: {' '.join(cmd)}")
+            raise failed(f"the launcher failed ({proc.returncode}) running: {' '.join(cmd)}")
         cost = orjson.loads(report.read_bytes())
     measured = Measured(
         command=cmd,
@@ -257,10 +264,10 @@ def run_measured(
         maxrss_mb=cost["maxrss_kib"] / 1024,
     )
     if cost["timed_out"]:
-        raise BenchError(f"timed out after {timeout_s:.0f} s and killed: {' '.join(cmd)}")
+        raise failed(f"timed out after {timeout_s:.0f} s and killed: {' '.join(cmd)}")
     if check and measured.returncode != 0:
         where = f"; its stderr is in {stderr}" if stderr else ""
-        raise BenchError(f"exit code {measured.returncode} from: {' '.join(cmd)}{where}")
+        raise failed(f"exit code {measured.returncode} from: {' '.join(cmd)}{where}")
     return measured
 
 

@@ -46,7 +46,6 @@ from benchmarks._harness import (
     run_measured,
     simulator,
     table,
-    tail,
     workdir,
     write_installations,
     write_result,
@@ -86,12 +85,9 @@ def _run(
             "--state-dir", str(directory / f"{tag}-state"), "--rate-limit", "1000000/1s",
             "--concurrency", str(concurrency), *sim.wem_der_flags(), *extra,
         ]  # fmt: skip
-    try:
-        process = run_measured(
-            command, timeout_s=600, stdout=directory / f"{tag}.out", stderr=stderr, env=env
-        )
-    except BenchError as exc:
-        raise BenchError(f"{exc}\n{tail(stderr)}") from exc
+    process = run_measured(
+        command, timeout_s=600, stdout=directory / f"{tag}.out", stderr=stderr, env=env
+    )
     inner = orjson.loads(result.read_bytes())
     stats = sim.stats()
     if stats["installations"] != records or stats["der_requests_received"] != records:

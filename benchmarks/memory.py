@@ -28,7 +28,6 @@ from benchmarks._harness import (
     run_measured,
     simulator,
     table,
-    tail,
     wem_der_summary,
     workdir,
     write_installations,
@@ -49,13 +48,10 @@ def _run(sim: SimProcess, size: int, directory: Path) -> dict[str, Any]:
         "--state-dir", str(directory / f"state-{size}"), "--rate-limit", LIFTED_QUOTA,
         *sim.wem_der_flags(),
     ]  # fmt: skip
-    try:
-        run = run_measured(
-            command, timeout_s=120 + size / 50, stdout=directory / f"wem-der-{size}.out",
-            stderr=stderr,
-        )  # fmt: skip
-    except BenchError as exc:
-        raise BenchError(f"{exc}\n{tail(stderr)}") from exc
+    run = run_measured(
+        command, timeout_s=120 + size / 50, stdout=directory / f"wem-der-{size}.out",
+        stderr=stderr,
+    )  # fmt: skip
     stored = sim.stats()["installations"]
     summary = wem_der_summary(out)
     source.unlink()  # 250 MB at 200k: do not keep it while the next size runs

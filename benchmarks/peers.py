@@ -172,12 +172,10 @@ def run_approach(name: str, sim: SimProcess, source: Path, quota: str, out: Path
     sim.reset()
     command = command_of(sim, source, out, quota)
     stderr = out / "stderr.txt"
-    try:
-        run = run_measured(
-            command, timeout_s=900, stdout=out / "stdout.txt", stderr=stderr, check=not may_fail
-        )
-    except BenchError as exc:
-        raise BenchError(f"{name}: {exc}\n{tail(stderr)}") from exc
+    run = run_measured(
+        command, timeout_s=900, stdout=out / "stdout.txt", stderr=stderr, check=not may_fail,
+        name=name,
+    )  # fmt: skip
     stats = sim.stats()
     arrivals = sim.arrivals()
     stored = sim.stored_nmis()

@@ -45,7 +45,6 @@ from benchmarks._harness import (
     run_measured,
     simulator,
     table,
-    tail,
     wem_der_summary,
     workdir,
     write_installations,
@@ -148,10 +147,9 @@ def _case(
 ) -> dict[str, Any]:
     sim.reset()
     stderr = directory / f"{name}.stderr"
-    try:
-        run = run_measured(command, timeout_s=3600, stdout=directory / f"{name}.out", stderr=stderr)
-    except BenchError as exc:
-        raise BenchError(f"{name}: {exc}\n{tail(stderr)}") from exc
+    run = run_measured(
+        command, timeout_s=3600, stdout=directory / f"{name}.out", stderr=stderr, name=name
+    )
     arrivals = sim.arrivals()
     if len(arrivals) != expect_requests:
         raise BenchError(f"{name}: {len(arrivals)} requests, expected {expect_requests}")
