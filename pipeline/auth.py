@@ -23,6 +23,7 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
+from pipeline.answers import first_error
 from pipeline.codec import ApiAnswer, parse_answer
 from pipeline.errors import CredentialsRefused, Misconfigured, RunAborted
 
@@ -156,12 +157,7 @@ class TokenProvider:
             ) as response:
                 answer = parse_answer(response.status, await response.read(), response.headers)
         except aiohttp.ClientSSLError as exc:
-            # A certificate the server or we cannot accept is set-up, not weather:
-            # retrying it only delays the message that says which file to check.
-            raise Misconfigured(
-                f"TLS with the token endpoint {self._token_url} failed ({exc}); check"
-                " --ca-file, --client-cert and --client-key"
-            ) from None
+            raise Misconfigured.tls(f"the token endpoint {self._token_url}", exc) from None
         except _TRANSIENT as exc:
             reason = f"{type(exc).__name__} {exc}".strip()
             if isinstance(exc, aiohttp.ServerDisconnectedError) and self._token_url.startswith(
@@ -220,8 +216,7 @@ class TokenProvider:
 def _describe(answer: ApiAnswer) -> str:
     """`: title: detail` of the first error, or of an OAuth `error` member, for messages."""
     if answer.errors:
-        first = answer.errors[0]
-        parts = [first["title"], first["detail"]]
+        parts = [first_error(answer)]
     elif isinstance(answer.data, dict):
         parts = [str(answer.data.get("error", "")), str(answer.data.get("error_description", ""))]
     else:

@@ -3,7 +3,7 @@
 `ApiClient.send` makes exactly one request and returns what came back as an `ApiAnswer`;
 deciding what an answer means, and whether to try again, belongs to the caller. Transport
 failures propagate as `aiohttp.ClientConnectionError` (`ConnectionLost` when the request
-may have reached the server) or `TimeoutError`.
+may have reached the server) or `TimeoutError`; a failed TLS handshake as `Misconfigured`.
 
 The partner gateway uses mutual TLS: an AEMO-signed client certificate and key, separate
 for pre-production and production [doc][nem].
@@ -12,8 +12,6 @@ for pre-production and production [doc][nem].
 from __future__ import annotations
 
 import ssl
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from pipeline.codec import (
     encode_body,
     parse_answer,
 )
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, Misconfigured
 
 # Connections beyond one per worker: the token refresh shares the session and must never
 # wait behind the workers for a free connection.
@@ -131,14 +129,12 @@ class ApiClient:
         compression: Compression = Compression.GZIP,
         max_body_bytes: int = MAX_BODY_BYTES,
         timeout_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
         self.tokens = tokens
         self._compression = compression
         self._max_body_bytes = max_body_bytes
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._clock = clock
         # Required on every register call [spec]; "WEM" as the market value is a [guess].
         self._fixed_headers = {"X-initiatingParticipantID": participant_id, "X-market": market}
 
@@ -153,7 +149,6 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {token}", **self._fixed_headers}
         if body is not None:
             headers.update(body.headers)
-        started = self._clock()
         try:
             async with self._session.request(
                 method,
@@ -168,8 +163,10 @@ class ApiClient:
                 middlewares=(_one_attempt,),
             ) as response:
                 raw = await response.read()
+        except aiohttp.ClientSSLError as exc:
+            # Before the retry layer sees it as a connection error: it is no weather.
+            raise Misconfigured.tls(url, exc) from None
         except aiohttp.ClientPayloadError as exc:
             # The body was cut short: a dropped connection, for the retry layer's purposes.
             raise ConnectionLost(f"response body cut short: {exc}") from exc
-        latency_ms = (self._clock() - started) * 1000.0
-        return parse_answer(response.status, raw, response.headers, latency_ms=latency_ms)
+        return parse_answer(response.status, raw, response.headers)

@@ -101,8 +101,6 @@ class ApiAnswer:
     retry_after: str | None = None
     headers_transaction_id: str | None = None
     raw_excerpt: str = ""
-    # Set by the client: from just before the request left to the end of the body.
-    latency_ms: float | None = None
     # Whether the body was a JSON object, as every answer of the register is [spec].
     json_object: bool = False
 
@@ -151,9 +149,7 @@ def _from_headers(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
     return retry_after, header_txn
 
 
-def parse_answer(
-    status: int, body: bytes, headers: Mapping[str, str], *, latency_ms: float | None = None
-) -> ApiAnswer:
+def parse_answer(status: int, body: bytes, headers: Mapping[str, str]) -> ApiAnswer:
     """Read an HTTP answer tolerantly; never raises, whatever the body holds."""
     retry_after, header_txn = _from_headers(headers)
     txn: str | None = None
@@ -195,6 +191,5 @@ def parse_answer(
         retry_after,
         header_txn,
         excerpt,
-        latency_ms,
         isinstance(doc, dict),
     )

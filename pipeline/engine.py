@@ -215,12 +215,9 @@ class Engine:
                 self._recent[key] = None
                 waiting = self._busy[key]
                 if waiting:
-                    # Its ledger state predates the record just finished: hand over what
-                    # that one learnt about the NMI's existence at the register.
+                    # Its ledger state predates the record just finished; the submitter
+                    # consults what that one learnt (`known`) before it.
                     current = waiting.popleft()
-                    known = self._submitter.known(current)
-                    if known is not None:
-                        current.exists = known
                 else:
                     current = None
                     del self._busy[key]
@@ -231,9 +228,7 @@ class Engine:
             return
         try:
             outcome = await self._submitter.submit(
-                rec,
-                read_back_first=rec.seq in self._read_back_seqs,
-                sent_action=self._read_back_seqs.get(rec.seq),
+                rec, sent_action=self._read_back_seqs.get(rec.seq)
             )
         except Interrupted:
             self._not_sent(rec.seq, _pending(rec))

@@ -47,6 +47,14 @@ class CredentialsRefused(RunAborted):
 class Misconfigured(RunAborted):
     """The API says the client is set up wrongly; more requests would only burn the batch."""
 
+    @classmethod
+    def tls(cls, where: str, exc: Exception) -> Misconfigured:
+        """A TLS handshake failed: a certificate one side cannot accept is set-up, not
+        weather, and retrying it only delays the message that says which file to check."""
+        return cls(
+            f"TLS with {where} failed ({exc}); check --ca-file, --client-cert and --client-key"
+        )
+
 
 class StoppedAtOnce(RunAborted):
     """A second Ctrl-C (or SIGTERM) cancelled the run without waiting for the wire."""

@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiohttp
-
 from pipeline.answers import Counters, KnownRefusal, first_error, transaction_id
 from pipeline.auth import TokenProvider
 from pipeline.client import ApiClient
@@ -127,11 +125,6 @@ class Submitter:
         self.counters.requests += 1
         try:
             answer = await self._client.send(method, url, body, token=token)
-        except aiohttp.ClientSSLError as exc:
-            # A certificate problem is set-up, not weather: stop rather than retry.
-            raise Misconfigured(
-                f"TLS with {url} failed ({exc}); check --ca-file, --client-cert and --client-key"
-            ) from None
         except RETRYABLE_EXCEPTIONS:
             self.counters.saw(None)
             raise
@@ -231,14 +224,13 @@ class Submitter:
         self,
         rec: PreparedRecord,
         *,
-        read_back_first: bool = False,
         sent_action: Action | None = None,
     ) -> OutcomeRecord:
         """Send one record until it has a final outcome, within its retry budget.
 
-        `read_back_first`: a write of this record was on the wire when an earlier process
-        died; read the register before sending, and send only if it lacks this content.
-        `sent_action` is what that write was, for the outcome if the read-back finds it.
+        `sent_action`: a write of this record (that action) was on the wire when an earlier
+        process died; read the register before sending, and send only if it lacks this
+        content. A read-back that finds it reports that action.
         """
         started = self._clock()
         try:
@@ -251,7 +243,7 @@ class Submitter:
         budget = Budget(self._policy, clock=self._clock)
         attempts = 0
         # A write went out and no answer came back: it may have landed.
-        in_doubt = read_back_first
+        in_doubt = sent_action is not None
         replayed = False
         last: ApiAnswer | None = None
         reason: str | None = None
@@ -271,7 +263,7 @@ class Submitter:
                     )
                 if found is None:
                     in_doubt = False
-                    if self._exists.get((rec.kind, rec.nmi)) and self._requested is Action.UPSERT:
+                    if self.known(rec) and self._requested is Action.UPSERT:
                         action = Action.UPDATE
                     continue
             else:
@@ -373,6 +365,7 @@ class Submitter:
     ) -> _Final | _Switch | _Retry | None:
         """What one answer means for the record; None is success."""
         status = answer.status
+        verdict = classify(status)
         if status != 403:
             self._forbidden_streak = 0
         if status == 404:
@@ -389,7 +382,6 @@ class Submitter:
                 self._learn(rec, exists=False)
                 return _Switch(Action.CREATE, replayed)
             return _Final(Outcome.REJECTED, "the register has no record for this NMI")
-        verdict = classify(status)
         if verdict is Verdict.DONE:
             if not answer.json_object:
                 # The register answers every call with a JSON object [spec]. A 2xx of HTML,

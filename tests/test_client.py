@@ -25,22 +25,11 @@ from pipeline.client import (
     make_session,
 )
 from pipeline.codec import BodyTooLarge, Compression
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, Misconfigured
 from tests.scripted import Reply, Scripted, serve
 
 RECORD = {"data": {"nmi": "8001234567", "comments": "x" * 2000}}
 TOKEN = "bearer-tok"
-
-
-class Ticks:
-    """A clock that advances 0.25 s per reading."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += 0.25
-        return self.now
 
 
 @pytest.fixture
@@ -63,7 +52,6 @@ def api_client(
         tokens=tokens,
         participant_id="PARTICIPANT-1",
         compression=compression,
-        clock=Ticks(),
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -126,10 +114,8 @@ async def test_get_has_no_body_and_empty_put_has_zero_length(
     assert put.headers["Content-Length"] == "0"
 
 
-async def test_answer_is_parsed_with_latency(
-    server: Scripted, session: aiohttp.ClientSession
-) -> None:
-    """Status, transaction ids, data, exceptions and latency come back in the ApiAnswer."""
+async def test_answer_is_parsed(server: Scripted, session: aiohttp.ClientSession) -> None:
+    """Status, transaction ids, data and exceptions come back in the ApiAnswer."""
     exc = {"code": 2023, "connectionId": 1}
     server.script(
         Reply(
@@ -146,7 +132,6 @@ async def test_answer_is_parsed_with_latency(
     assert answer.headers_transaction_id == "h-9"
     assert answer.data == {"nmi": "1"}
     assert answer.exceptions == [exc]
-    assert answer.latency_ms == 250.0
 
 
 async def test_error_statuses_are_answers_not_exceptions(
@@ -301,10 +286,11 @@ async def test_mutual_tls_without_client_cert_fails(pki: Pki, tls_server: Script
 
 
 async def test_wrong_ca_fails_verification(pki: Pki, tls_server: Scripted) -> None:
-    """A trust store without the server's CA fails the handshake."""
+    """A trust store without the server's CA fails the handshake: a set-up error naming
+    the files to check, not a connection error the retry layer would retry."""
     tls = TlsSettings(client_cert=pki.cert, client_key=pki.key, ca_file=pki.other_ca_file)
     async with asyncio.timeout(10):
-        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        with pytest.raises(Misconfigured, match=r"TLS with .* failed .*check --ca-file"):
             await _get(tls, tls_server.url)
 
 
