@@ -47,6 +47,10 @@ class _Unknown:
 UNKNOWN = _Unknown()
 
 
+# Answers about the moment, not about entitlement: they do not break a run of 403s.
+_WEATHER = frozenset({Verdict.RETRY, Verdict.REFRESH_TOKEN})
+
+
 class StoppedByAnswer(Misconfigured):
     """A record's answer showed the client misconfigured: the run stops, and the record's
     outcome (sent, with that answer) goes with the reason."""
@@ -366,7 +370,7 @@ class Submitter:
         """What one answer means for the record; None is success."""
         status = answer.status
         verdict = classify(status)
-        if status != 403:
+        if status != 403 and verdict not in _WEATHER:
             self._forbidden_streak = 0
         if status == 404:
             if action is Action.CREATE or not self._record_missing(answer):

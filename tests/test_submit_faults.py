@@ -219,6 +219,23 @@ async def test_a_success_that_is_not_the_registers_answer_stops_the_run(
         assert sorted(line["source"]["line"] for line in found["accepted"]) == [3, 4, 5]
 
 
+async def test_a_retried_503_does_not_break_a_run_of_403s(tmp_path: Path) -> None:
+    """403, then 503 and 403 on the next record, then 403: three records refused in a row
+    stop the run; the 503 between them says nothing about entitlement."""
+    forbidden = Reply(
+        403, {"transactionId": "t", "errors": [{"code": "403", "title": "Forbidden"}]}
+    )
+    async with asyncio.timeout(10), serve() as server:
+        server.script(Reply(200, TOKEN_BODY), forbidden, Reply(503, body=b""), forbidden, forbidden)
+        path = write_jsonl(tmp_path / "in.jsonl", records(5))
+        result = await submit(scripted_settings(server.url, tmp_path), tmp_path, [path])
+        assert isinstance(result.aborted, Misconfigured)
+        assert "403 Forbidden on 3 records in a row" in str(result.aborted)
+        assert [s.path for s in server.seen] == ["/oauth/token"] + ["/der/installation"] * 4
+        found = assert_each_once(result.out_dir, lines_of(path, 5))
+        assert [line["source"]["line"] for line in found["rejected"]] == [1, 2]
+
+
 async def test_403_across_records_stops_the_run(tmp_path: Path, tap: Tap) -> None:
     """A participant not entitled: two records rejected 403, the third stops the run."""
     async with asyncio.timeout(10):
