@@ -135,19 +135,21 @@ def _jsonl_items(
             start = offset + at
         offset += len(chunk)
         if at < len(chunk) and not dropping:
-            pending.append(chunk[at:])
-            if sum(map(len, pending)) > limit:
-                so_far = b"".join(pending)
-                pending.clear()
-                if so_far.strip(_WS):
+            tail = chunk[at:]
+            if not pending:
+                # A record's size counts from its first byte that is not whitespace, as in
+                # _line_item, whatever the chunking: so whitespace before it is never kept
+                # (however long the run, memory holds none of it), and its place moves on.
+                content = tail.lstrip(_WS)
+                start += len(tail) - len(content)
+                column += len(tail) - len(content)
+                tail = content
+            if tail:
+                pending.append(tail)
+                if sum(map(len, pending)) > limit:
+                    pending.clear()
                     yield SourceItem(SourceRef(label, line=line), error=oversize_reason(limit))
                     dropping = True
-                else:
-                    # Whitespace is not a record, however long: it is dropped rather than
-                    # reported as one over the limit, and what follows on the line is read
-                    # (its place counted on past the whitespace).
-                    start += len(so_far)
-                    column += len(so_far)
     if pending:  # the last line has no newline
         item = _line_item(label, b"".join(pending), limit, line=line, column=column, offset=start)
         if item is not None:
@@ -157,10 +159,13 @@ def _jsonl_items(
 def _line_item(
     label: str, data: bytes, limit: int, *, line: int, column: int, offset: int
 ) -> SourceItem | None:
-    if not data.strip(_WS):
+    record = data.lstrip(_WS)
+    if not record:
         return None  # a blank line is not a record
     ref = SourceRef(label, line=line)
-    if len(data) > limit:
+    # From the first byte that is not whitespace, as _jsonl_items counts a line that spans
+    # chunks: whether a record is over the limit must not depend on where a read ended.
+    if len(record) > limit:
         return SourceItem(ref, error=oversize_reason(limit))
     return _decode(data, ref, line=line, column=column, offset=offset)
 

@@ -90,7 +90,8 @@ class ArraySplitter:
     """Feed bytes in; get back each top-level element of the array as soon as it is complete.
 
     Memory holds one element at most: bytes before the current element are dropped, and an
-    element longer than `max_element_bytes` is reported and skipped rather than kept.
+    element longer than `max_element_bytes` (counted from its first byte that is not
+    whitespace, however the input is chunked) is reported and skipped rather than kept.
     `line` and `offset` say where the first byte fed sits in the file.
     """
 
@@ -121,10 +122,12 @@ class ArraySplitter:
             return out
         self._buf += chunk
         self._scan(out)
-        if self._depth == 1 and not self._in_string:
-            # Only whitespace since the last "," or the "[" is no part of the next element:
-            # let it go, so that a long run of it neither counts towards that element's
-            # size (which would drop a good record as oversized) nor stays in memory.
+        if self._in_element:
+            # Whitespace since the last "," or the "[" is no part of the element: let it go,
+            # so that a long run of it neither stays in memory nor counts towards the
+            # element's size, which is counted from its first byte that is not whitespace
+            # (as _finish does), whatever the chunking. Once the element has begun, _start
+            # is on that byte and the search stops there.
             self._start = self._first_byte(self._start, len(self._buf))
         if self._in_element and not self._skipping and len(self._buf) - self._start > self._limit:
             out.append(self._oversize())
@@ -195,13 +198,17 @@ class ArraySplitter:
     def _finish(self, end: int, out: list[Element | SplitError], *, closing: bool) -> None:
         """The element from _start to `end` (a top-level "," or the final "]") is complete."""
         if self._skipping:
-            self._skipping = False
-        elif end - self._start > self._limit:
+            self._skipping = False  # reported when it went over the limit
+            self._index += 1
+            return
+        first = self._first_byte(self._start, end)
+        if end - first > self._limit:
+            # From `first`, as feed counts an element that spans chunks: leading whitespace
+            # does not count, or the verdict would depend on where a read ended.
             out.append(self._oversize())
+        elif first == end and closing and self._index == 0:
+            return  # "[]": an empty array has no elements
         else:
-            first = self._first_byte(self._start, end)
-            if first == end and closing and self._index == 0:
-                return  # "[]": an empty array has no elements
             line, column = self._locate(first)
             if first == end:
                 out.append(SplitError(f"empty array item at line {line}", line, self._index))

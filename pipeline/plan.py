@@ -162,12 +162,12 @@ async def plan_items(
         if corrected is None:
             yield seq, item
             continue
-        replacement = corrected.get(nmi) if nmi is not None else None
-        if replacement is None:
+        # Corrections are matched by NMI: a record without one has no corrected version.
+        if nmi is None or (replacement := corrected.get(nmi)) is None:
             uncorrected += 1
             continue
-        used.add(nmi or "")
-        on_diff(nmi or "", list(field_changes(item.value, replacement.value)))
+        used.add(nmi)
+        on_diff(nmi, list(field_changes(item.value, replacement.value)))
         yield seq, replacement
     if corrected is None:
         return

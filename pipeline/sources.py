@@ -5,8 +5,10 @@ format and turns the chunks into items. Bad input never stops the run: a problem
 an item with an `error`, and a file whose bytes end early (it shrank, or a read failed)
 gives way to the next file.
 
-The reading and decoding run in a worker thread, a batch of items at a time, so a large
-input does not stall the event loop.
+The reading and the splitting into records run in a worker thread, a batch of items at a
+time, so a large input does not stall the event loop. Decoding a record's JSON is deferred
+(`SourceItem.deferred`): it happens on the event loop when the record is first read,
+at pre-flight as a rule, so a resumed run never pays it for the records it skips.
 """
 
 from __future__ import annotations

@@ -143,8 +143,7 @@ def _walk(
 _EXPECTED = {
     "string_type": "a string",
     "float_type": "a number",
-    "int_type": "a whole number",
-    "int_from_float": "a whole number",
+    "int_type": "a whole number",  # strict shapes: a float in an int field is this too
     "list_type": "an array",
     "dict_type": "an object",
 }
@@ -161,8 +160,9 @@ def _describe(error: Mapping[str, Any]) -> str:
         return "required field is missing"
     if kind in _EXPECTED:
         value = error.get("input")
-        if isinstance(value, float) and value.is_integer():
+        if kind == "int_type" and isinstance(value, float) and value.is_integer():
             # 1.0 is whole, but is sent as written: the register reads a decimal there.
+            # Only where a whole number belongs: in a string field 1.0 is just not a string.
             return f"expected a whole number without a decimal point, got {value!r}"
         return f"expected {_EXPECTED[kind]}, got {_got(value)}"
     if kind == "finite_number":

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from pipeline import sources
-from pipeline.decode import READ_SIZE, StreamError, gunzip
+from pipeline.decode import READ_SIZE, StreamError, gunzip, items_from_chunks
 from pipeline.errors import InputError
 from pipeline.jsonsplit import ArraySplitter, Element, SplitError
 from pipeline.outcomes import SourceItem, SourceRef
@@ -271,6 +271,42 @@ async def test_limit_in_megabytes_is_named_so() -> None:
     items = await collect(["-"], stdin=io.BytesIO(big))
     assert (items[0].error or "").startswith("record over 10 MB")
     assert items[1].value == {"a": 1}
+
+
+# Records of exactly the limit and one byte over it, each after whitespace longer than the
+# limit, so that any of that whitespace counted, in any chunking, would refuse the first.
+_LIMIT = 100
+_AT_LIMIT = b'{"nmi": "8001000001", "comments": "' + b"x" * (_LIMIT - 37) + b'"}'
+_OVER_LIMIT = b'{"nmi": "8001000002", "comments": "' + b"x" * (_LIMIT - 36) + b'"}'
+_LEADING = b" \t" * 115
+_BROKEN = b'{"a": 1,}'
+
+
+@pytest.mark.parametrize("form", ["jsonl", "array"])
+@pytest.mark.parametrize("size", [1, 7, 60, 64, 101, 4096])
+def test_size_limit_and_places_do_not_depend_on_the_chunking(form: str, size: int) -> None:
+    """A record's size counts from its first byte that is not whitespace, in every chunking.
+
+    Leading whitespace once counted only when it shared a read with its record, so a record
+    passed or failed by where the reads happened to end.
+    """
+    assert (len(_AT_LIMIT), len(_OVER_LIMIT)) == (_LIMIT, _LIMIT + 1)
+    records = [_LEADING + r for r in (_AT_LIMIT, _OVER_LIMIT, _BROKEN, _AT_LIMIT)]
+    if form == "jsonl":
+        data, lines = b"\n".join(records) + b"\n", [1, 2, 3, 4]
+    else:
+        data, lines = b"[" + b",".join(records) + b"]", [1, 1, 1, 1]
+    chunks = [data[i : i + size] for i in range(0, len(data), size)]
+    items = list(items_from_chunks("in", iter(chunks), _LIMIT))
+    index = [None] * 4 if form == "jsonl" else [0, 1, 2, 3]
+    assert [(i.source.line, i.source.index) for i in items] == list(zip(lines, index, strict=True))
+    assert [i.error for i in items[:2]] == [None, f"record over {_LIMIT} bytes"]
+    assert [items[0].value, items[3].value] == [orjson.loads(_AT_LIMIT)] * 2
+    # The broken record's place is in the file's terms, past the whitespace skipped: orjson
+    # stops at its trailing comma, the 8th byte of the record.
+    at = data.index(_BROKEN)
+    column = at - (data.rfind(b"\n", 0, at) + 1) + 8
+    assert (items[2].error or "").endswith(f"(line {lines[2]}, column {column})")
 
 
 # The devices of an AC connection, in the corpus records that have one.
