@@ -16,11 +16,21 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from pipeline.errors import ConfigError
+from pipeline.limiter import parse_rate
 
 ENV_PREFIX = "WEMDER_"
+_PROFILE_PRODUCTION = "profile_production"
 SECRET_FIELDS = frozenset({"client_secret"})
 
 
@@ -80,6 +90,28 @@ class Settings(BaseModel):
     # Unless given, `.wem-der/<register>` (see `register_scope`): what one register has
     # accepted says nothing about another, so each keeps its own ledger.
     state_dir: Path = Path(".wem-der")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_is_a_rate(cls, value: str) -> str:
+        # Checked here, so that a quota from a profile, the environment, a flag or a run's
+        # stored settings is refused alike, as an invalid setting, before a run starts.
+        try:
+            parse_rate(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"as set by the profile, WEMDER_RATE_LIMIT or --rate-limit: {exc}"
+            ) from None
+        return value
+
+    @field_validator("production")
+    @classmethod
+    def _production_is_the_profile_s(cls, value: bool, info: ValidationInfo) -> bool:
+        # `production` is the profile's to say (its word comes in the validation context, see
+        # `load_settings`): an environment variable (WEMDER_PRODUCTION=false) or a flag must
+        # not lower it, or it would let --insecure through against production. What they
+        # give is still checked as a boolean first, as any setting is.
+        return value or (info.context or {}).get(_PROFILE_PRODUCTION) is True
 
     @property
     def simulated(self) -> bool:
@@ -176,10 +208,12 @@ def load_settings(
     merged: dict[str, Any] = {"env": env, **profile, **_from_environ(environ)}
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        settings = Settings.model_validate(merged)
+        settings = Settings.model_validate(
+            merged, context={_PROFILE_PRODUCTION: profile.get("production") is True}
+        )
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc'])}: {_reason(e['msg'])}" for e in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
     if "state_dir" not in merged:
@@ -188,13 +222,14 @@ def load_settings(
                 "state_dir": Settings.model_fields["state_dir"].default / register_scope(settings)
             }
         )
-    # `production` is the profile's to say: an environment variable (WEMDER_PRODUCTION=false)
-    # or a flag must not lower it, or it would let --insecure through against production.
-    if profile.get("production") is True and not settings.production:
-        settings = settings.model_copy(update={"production": True})
     if settings.production and settings.insecure:
         raise ConfigError(
             f"profile {env!r} is a production profile: certificate verification cannot be"
             " turned off (drop --insecure)"
         )
     return settings
+
+
+def _reason(message: str) -> str:
+    """Pydantic's message for a validator's ValueError, without its "Value error, " prefix."""
+    return message.removeprefix("Value error, ")

@@ -28,7 +28,7 @@ from pipeline.outcomes import SourceItem, SourceRef
 
 # The size of a read from an input, and the most that one step of gunzip may produce.
 READ_SIZE = 64 * 1024
-_GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _WS = b" \t\r\n"
 _ERROR_TEXT_MAX = 200
@@ -91,7 +91,7 @@ def _decompressed(raw: Iterator[bytes]) -> Iterator[bytes]:
     """The bytes of an input, gunzipped if they start with the gzip magic (whatever the name)."""
     first = next(raw, b"")
     chunks = chain([first], raw)
-    yield from gunzip(chunks) if first.startswith(_GZIP_MAGIC) else chunks
+    yield from gunzip(chunks) if first.startswith(GZIP_MAGIC) else chunks
 
 
 def _parse(label: str, chunks: Iterator[bytes], limit: int) -> Iterator[SourceItem]:

@@ -60,8 +60,12 @@ def check_endpoints(settings: Settings, kind: RecordKind) -> None:
 
 
 @contextlib.asynccontextmanager
-async def endpoints(settings: Settings, kind: RecordKind) -> AsyncIterator[Endpoints]:
-    """The embedded simulator (the `local` default), or the configured AEMO endpoints."""
+async def endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
+    """The embedded simulator (the `local` default), or the configured AEMO endpoints.
+
+    The caller has refused incomplete settings with `check_endpoints` already, before the
+    run started anything (run.py does so first thing).
+    """
     if settings.simulated:
         from pipeline.simulator import Simulator, SimulatorSettings
 
@@ -85,9 +89,8 @@ async def endpoints(settings: Settings, kind: RecordKind) -> AsyncIterator[Endpo
                 simulator=sim,
             )
         return
-    check_endpoints(settings, kind)
     assert settings.token_url and settings.client_id and settings.client_secret  # noqa: PT018
-    assert settings.participant_id  # checked just above; narrows for the type checker
+    assert settings.participant_id  # see check_endpoints; narrows for the type checker
     yield Endpoints(
         token_url=settings.token_url,
         routes=Routes(settings.base_url or "", settings.nmi_base_url or ""),

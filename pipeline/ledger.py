@@ -234,12 +234,6 @@ class Ledger:
 
     # -- reads for resume, resubmit and report -----------------------------------------
 
-    async def done_seqs(self, run_id: str) -> set[int]:
-        """The seqs of the run that have a final outcome."""
-        return await self._db.read(
-            lambda conn: {seq for (seq,) in conn.execute(sql.DONE_SEQS, (run_id,))}
-        )
-
     async def in_flight(self, run_id: str) -> dict[int, InFlight]:
         """seq -> the latest attempt, for each record of the run sent but not concluded."""
 

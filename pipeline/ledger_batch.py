@@ -21,8 +21,8 @@ had to win the GIL back for every batch: measured, it spent about 59 µs of CPU 
 where the same SQL on an idle thread takes 16 to 26 µs, and committing on the loop instead
 cut a whole run's CPU from 344 to 269 µs per record (benchmarks/client_cost.py, in one
 session). The price is that the loop waits while a batch runs, which `batch_max` bounds (a
-read runs as an operation too; the long ones, done_seqs and in_flight of a resume, run
-before anything is sent).
+read runs as an operation too; the long ones, a resume's reads of its finished records and
+of those in flight, run before anything is sent).
 
 What stays off the loop, in the ledger's one thread, is what waits for the disk: opening
 (quick_check reads every page) and WAL checkpoints, which fsync. SQLite's auto-checkpoint

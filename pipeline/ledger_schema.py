@@ -14,12 +14,11 @@ nothing here touches asyncio. What the reads return is in ledger_rows.py.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
 from pipeline.errors import LedgerError
-from pipeline.private_files import private_dir
+from pipeline.private_files import private_dir, private_file
 
 SCHEMA_VERSION = 1
 
@@ -72,7 +71,7 @@ DDL = (
     "CREATE INDEX attempts_by_key ON attempts (kind, nmi)",
     # A rowid table with a unique (run_id, seq) index rather than WITHOUT ROWID: each row
     # carries a ~0.5 kB outcome line, and WITHOUT ROWID suits rows under ~1/20 of a page
-    # (sqlite.org/withoutrowid.html); the narrow index lets done_seqs skip the lines.
+    # (sqlite.org/withoutrowid.html); the narrow index orders a run's pages by seq.
     """CREATE TABLE items (
         run_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -96,8 +95,10 @@ START_RUN = """INSERT INTO runs (run_id, created_at, status, kind, out_dir, inpu
     ON CONFLICT (run_id) DO UPDATE SET status = 'running', finished_at = NULL,
     summary_json = NULL, settings_json = excluded.settings_json"""
 FINISH_RUN = "UPDATE runs SET status = ?, finished_at = ?, summary_json = ? WHERE run_id = ?"
-GET_RUN = """SELECT run_id, kind, status, created_at, finished_at, out_dir, inputs_json,
-    settings_json, parent_run_id, summary_json FROM runs WHERE run_id = ?"""
+# Every query of runs reads the columns `ledger_rows.run_row` takes by position, in order.
+_RUNS_WHERE = """SELECT run_id, kind, status, created_at, finished_at, out_dir, inputs_json,
+    settings_json, parent_run_id, summary_json FROM runs WHERE {where}"""
+GET_RUN = _RUNS_WHERE.format(where="run_id = ?")
 LOOKUP = """SELECT exists_at_register, last_success_hash, last_success_run, last_success_txn,
     last_success_at FROM records WHERE kind = ? AND nmi = ?"""
 BEGIN_ATTEMPT = """INSERT INTO attempts (run_id, seq, kind, nmi, action, content_hash,
@@ -116,7 +117,6 @@ RECORD_SUCCESS = """INSERT INTO records (kind, nmi, exists_at_register, last_suc
     ON CONFLICT (kind, nmi) DO UPDATE SET exists_at_register = 1,
     last_success_hash = excluded.last_success_hash, last_success_run = excluded.last_success_run,
     last_success_txn = excluded.last_success_txn, last_success_at = excluded.last_success_at"""
-DONE_SEQS = "SELECT seq FROM items WHERE run_id = ?"
 IN_FLIGHT = """SELECT seq, attempt_id, kind, nmi, action, content_hash, started_at, finished_at,
     http_status, transaction_id FROM attempts WHERE run_id = ? AND settled = 0
     ORDER BY seq, attempt_id"""
@@ -130,9 +130,7 @@ OUTCOME_COUNTS = "SELECT outcome, COUNT(*) FROM items WHERE run_id = ? GROUP BY 
 ITEM_KEYS = "SELECT seq, nmi FROM items WHERE run_id = ?{filter}"
 # For reports only: a scan of `attempts`, rather than an index that every write would pay.
 ATTEMPT_STARTS = "SELECT started_at FROM attempts WHERE run_id = ? ORDER BY started_at"
-CHILD_RUNS = """SELECT run_id, kind, status, created_at, finished_at, out_dir, inputs_json,
-    settings_json, parent_run_id, summary_json FROM runs WHERE parent_run_id = ?
-    ORDER BY created_at"""
+CHILD_RUNS = _RUNS_WHERE.format(where="parent_run_id = ? ORDER BY created_at")
 
 
 def unusable(path: Path, reason: object) -> LedgerError:
@@ -162,7 +160,7 @@ def open_ledger(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
         private_dir(path.parent)
         # Create the file before SQLite does so that it is born 0o600: SQLite then gives
         # the -wal and -shm files the database file's permissions.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        private_file(path)
     except OSError as exc:
         raise LedgerError(
             f"cannot create the ledger {path}: {exc.strerror}; "

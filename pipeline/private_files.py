@@ -25,6 +25,16 @@ def private_dir(path: Path) -> None:
         directory.mkdir(mode=0o700, exist_ok=True)
 
 
+def private_file(path: Path) -> None:
+    """Create the file `path`, empty and readable by its owner only (0o600), unless it exists.
+
+    For an SQLite database: made before SQLite opens it, it is born 0o600 whatever the
+    umask, and SQLite gives its -wal and -shm files the mode of the database file. A file
+    that exists is left as it is.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
 def write_json_atomic(path: Path, obj: object) -> None:
     """Write `obj` as indented JSON to `path` (mode 0o600): all of it or, on a crash, none."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

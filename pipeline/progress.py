@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
+from pipeline.decode import GZIP_MAGIC
 from pipeline.outcomes import Outcome, OutcomeRecord
 
 REFRESH_S = 0.25
@@ -22,7 +25,7 @@ class Progress:
         self.total = total
         self.counts: Counter[Outcome] = Counter()
         self._stream = stream
-        self._started = time.monotonic()
+        self._started = time.monotonic()  # set again by start(): the rate is of the run alone
         self._task: asyncio.Task[None] | None = None
 
     def on_outcome(self, outcome: OutcomeRecord) -> None:
@@ -52,6 +55,10 @@ class Progress:
             await asyncio.sleep(REFRESH_S)
 
     def start(self) -> None:
+        # Counted from here, not from construction: what comes between (counting the inputs,
+        # opening the ledger, on resume rebuilding the outcome files) sends no record and
+        # must not drag the rate down and the ETA out.
+        self._started = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._draw())
 
     async def stop(self) -> None:
@@ -66,15 +73,20 @@ def estimate_records(paths: Sequence[str]) -> int | None:
     """Lines in plain JSONL inputs, for the bar's total and ETA; None when it cannot tell.
 
     Counting newlines runs at disk speed; gzip, stdin and JSON arrays would need a parse.
+    Only regular files are counted, and their type is known before they are opened: what
+    is read from a named pipe is gone, so the run would read it empty (and opening one
+    waits for a writer).
     """
     total = 0
     for path in paths:
         if path == "-":
             return None
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return None
             with open(path, "rb") as file:
                 head = file.read(1 << 20)
-                if head[:2] == b"\x1f\x8b" or head.lstrip()[:1] == b"[":
+                if head.startswith(GZIP_MAGIC) or head.lstrip()[:1] == b"[":
                     return None
                 total += head.count(b"\n")
                 last = head[-1:]

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.config import Settings
 from pipeline.errors import ConfigError
 from pipeline.ledger import Ledger, RunRow
 from pipeline.limiter import parse_rate
@@ -26,7 +27,8 @@ from pipeline.models import RecordKind
 from pipeline.outcomes import Outcome
 from pipeline.report_text import to_text
 
-DEFAULT_RATE = "6000/60s"
+# A run recorded without its quota ran at the default one.
+DEFAULT_RATE: str = Settings.model_fields["rate_limit"].default
 
 
 async def render(

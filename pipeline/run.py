@@ -34,7 +34,7 @@ from pipeline.models import RecordKind
 from pipeline.outcomes import Action, Outcome, OutcomeRecord
 from pipeline.plan import RunPlan, plan_items
 from pipeline.preflight import Preflight
-from pipeline.private_files import private_dir, write_json_atomic
+from pipeline.private_files import write_json_atomic
 from pipeline.retry import RetryPolicy
 from pipeline.runlock import run_lock
 from pipeline.sinks import OutcomeSink, rewriting
@@ -102,23 +102,20 @@ def preflight_for(settings: Settings, kind: RecordKind) -> Preflight:
     return Preflight(kind, settings.allow_unknown_fields, enumerations)
 
 
-def _prepare(settings: Settings, plan: RunPlan, resume: bool) -> Path:
-    """Create the outcome directory (owner only) and, for a new run, `run.json`.
+def _describe(settings: Settings, plan: RunPlan, out_dir: Path) -> None:
+    """Write the `run.json` of a new run; the caller holds the lock of `out_dir`, so the
+    run.json of a live run is never replaced (`resume DIR` would resume the wrong run).
 
     The state directory is the ledger's to create: it says clearly when it cannot.
     """
-    out_dir = Path(plan.out_dir)
-    if not resume:
-        try:
-            private_dir(out_dir)
-            write_json_atomic(
-                out_dir / "run.json", plan.as_json() | {"settings": settings.secret_free()}
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write the outcome directory {out_dir}: {exc.strerror}; check --out"
-            ) from exc
-    return out_dir
+    try:
+        write_json_atomic(
+            out_dir / "run.json", plan.as_json() | {"settings": settings.secret_free()}
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the outcome directory {out_dir}: {exc.strerror}; check --out"
+        ) from exc
 
 
 async def _open_run(
@@ -138,7 +135,6 @@ async def _open_run(
     )
     if not resume:
         return frozenset(), {}
-    done = frozenset(await ledger.done_seqs(plan.run_id))
     read_back = {
         seq: Action(f.action)
         for seq, f in (await ledger.in_flight(plan.run_id)).items()
@@ -147,10 +143,14 @@ async def _open_run(
     # The files are rebuilt from the ledger, so a record whose line was written before the
     # crash but whose outcome was not yet final in the ledger does not appear twice.
     # Streamed as stored: a migration's million finished lines are copied, not decoded.
+    # The rows streamed are those of every final outcome of the run: their seqs are the
+    # records already final, read here rather than by a query of their own.
+    done: set[int] = set()
     with rewriting(out_dir) as sink:
         async for row in ledger.iter_run_items(plan.run_id):
             sink.write_line(Outcome(row.outcome), row.line)
-    return done, read_back
+            done.add(row.seq)
+    return frozenset(done), read_back
 
 
 def _submitter(
@@ -223,7 +223,7 @@ async def execute(
     inject them so that a Retry-After or a quota window passes without the wall clock.
     """
     check_endpoints(settings, plan.kind)
-    out_dir = _prepare(settings, plan, resume)
+    out_dir = Path(plan.out_dir)
     started_wall = datetime.now(UTC)
     started = time.monotonic()
     count, period_s = parse_rate(settings.rate_limit)
@@ -244,11 +244,15 @@ async def execute(
         verify=not settings.insecure,
     )
     async with contextlib.AsyncExitStack() as stack:
-        stack.enter_context(run_lock(out_dir, plan.run_id))
+        # The lock first (it creates the outcome directory, owner only): a run started on
+        # the directory of a live run is refused before it touches anything there.
+        stack.enter_context(run_lock(out_dir))
+        if not resume:
+            _describe(settings, plan, out_dir)
         ledger = await stack.enter_async_context(Ledger(settings.state_dir / LEDGER_FILE))
         done, read_back = await _open_run(ledger, settings, plan, out_dir, resume)
         hooks.on_start(plan.run_id, out_dir)
-        ep = await stack.enter_async_context(endpoints(settings, plan.kind))
+        ep = await stack.enter_async_context(endpoints(settings))
         warn_if_insecure(settings, ep)
         session = await stack.enter_async_context(
             make_session(tls=tls, concurrency=concurrency, timeout_s=settings.timeout_s)

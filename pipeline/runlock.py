@@ -20,7 +20,7 @@ LOCK_FILE = ".lock"
 
 
 @contextlib.contextmanager
-def run_lock(out_dir: Path, run_id: str) -> Iterator[None]:
+def run_lock(out_dir: Path) -> Iterator[None]:
     """Hold the lock of `out_dir` for the block; ConfigError if another process holds it."""
     try:
         private_dir(out_dir)
@@ -34,8 +34,8 @@ def run_lock(out_dir: Path, run_id: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ConfigError(
-                f"run {run_id} is live in another process (its outcome directory {out_dir} is"
-                " locked); let it finish or stop it before resuming"
+                f"the outcome directory {out_dir} is in use by a run live in another process"
+                " (its run.json names it); let it finish or stop it, or choose another --out"
             ) from None
         yield
     finally:

@@ -16,7 +16,6 @@ import orjson
 from pipeline.config import SECRET_FIELDS, Settings, load_settings, read_secret_file
 from pipeline.errors import ConfigError
 from pipeline.ledger import Ledger
-from pipeline.limiter import parse_rate
 from pipeline.models import RecordKind
 from pipeline.outcomes import Outcome
 from pipeline.plan import RunPlan, absolute, check_unchanged, fingerprint
@@ -70,11 +69,6 @@ def settings_from(
     if secret_file is not None:
         secret = read_secret_file(secret_file)
     overrides["client_secret"] = secret
-    if overrides.get("rate_limit"):
-        try:
-            parse_rate(overrides["rate_limit"])
-        except ValueError as exc:
-            raise ConfigError(f"--rate-limit: {exc}") from None
     settings = load_settings(
         getattr(args, "env", None) or env or "local",
         overrides=overrides,
@@ -130,10 +124,10 @@ def _ledgers(args: argparse.Namespace, found: dict[str, Any] | None) -> list[Pat
 def ledger_path(args: argparse.Namespace, found: dict[str, Any] | None) -> Path:
     """The one ledger to read; an error, rather than a new empty ledger, when there is none."""
     candidates = _ledgers(args, found)
-    existing = [path for path in candidates if path.is_file()]
     # A run killed before it made its ledger sent nothing: `resume DIR` may start it.
     if found and getattr(args, "command", None) == "resume":
         return candidates[0]
+    existing = [path for path in candidates if path.is_file()]
     if candidates[0] in existing or len(existing) == 1:
         return existing[0]
     if not existing:
@@ -194,13 +188,14 @@ def _same_as_run(args: argparse.Namespace, plan: RunPlan) -> None:
 
 
 def _submit_plan(args: argparse.Namespace) -> RunPlan:
+    inputs = absolute(args.paths)
     return RunPlan(
         run_id=new_run_id(),
         kind=RecordKind(args.kind),
-        inputs=absolute(args.paths),
+        inputs=inputs,
         out_dir=str(args.out.resolve()),
         force=args.force,
-        fingerprints=fingerprint(absolute(args.paths)),
+        fingerprints=fingerprint(inputs),
     )
 
 
@@ -244,7 +239,7 @@ async def chosen_run(args: argparse.Namespace) -> tuple[Settings, RunPlan, bool]
     stored["state_dir"] = str(ledger.parent)
     settings = settings_from(args, env=stored.get("env"), stored=stored)
     parent = RunPlan.from_json(found)
-    check_paths([p for p in parent.inputs if p != "-"])
+    check_paths(parent.inputs)
     check_unchanged(parent)
     if args.command == "resume":
         _same_as_run(args, parent)

@@ -10,12 +10,12 @@ so a clean stop loses nothing; a kill loses at most the last `commit_delay_s` of
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 from pathlib import Path
 
 import orjson
 
+from pipeline.private_files import private_file
 from pipeline.simulator.store import IdKind, JsonObject, MemoryStore, Version
 
 _SCHEMA = """
@@ -39,7 +39,7 @@ class SqliteStore(MemoryStore):
         self._commit_delay_s = commit_delay_s
         self._pending: asyncio.TimerHandle | None = None
         # Born 0o600, like the ledger: SQLite gives its -wal and -shm files the same mode.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        private_file(path)
         self._db = sqlite3.connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

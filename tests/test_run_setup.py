@@ -1,0 +1,208 @@
+"""What happens before a run sends anything: the outcome directory's lock and run.json, the
+settings' checks, the progress bar's total and clock, and the files born owner-only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import io
+import os
+import stat
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from pipeline import progress as progress_module
+from pipeline.config import load_settings
+from pipeline.errors import ConfigError
+from pipeline.models import RecordKind
+from pipeline.outcomes import Outcome, OutcomeRecord, SourceRef
+from pipeline.private_files import private_file, write_json_atomic
+from pipeline.progress import Progress, estimate_records
+from pipeline.runlock import run_lock
+from pipeline.runs import settings_from
+from tests.e2e import PYTHON, clean_environ, records, run_cli, write_jsonl
+
+LIVE_RUN = "20240101T000000Z-live01"
+CLI_TIMEOUT_S = 60
+
+
+def wem_der_with_env(
+    args: list[str], cwd: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline ARGS` with `env` on top of a WEMDER_-free environment."""
+    return subprocess.run(
+        [PYTHON, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        env=clean_environ() | env,
+        cwd=cwd,
+        check=False,
+    )
+
+
+# -- the outcome directory of a live run ------------------------------------------------------
+
+
+async def test_a_submit_into_a_live_runs_directory_leaves_its_run_json(tmp_path: Path) -> None:
+    """A second run started on the directory of a live one is refused, and the live run's
+    run.json (what `resume DIR` reads) is not touched."""
+    out, state = tmp_path / "out", tmp_path / "state"
+    path = write_jsonl(tmp_path / "in.jsonl", records(2))
+    with run_lock(out):  # as the live run's process holds it
+        write_json_atomic(out / "run.json", {"run_id": LIVE_RUN, "kind": "installation"})
+        before = (out / "run.json").read_bytes()
+        async with asyncio.timeout(CLI_TIMEOUT_S):
+            args = ["submit", str(path), "--out", str(out), "--state-dir", str(state)]
+            refused = await run_cli([*args, "--no-progress", "--log-format", "json"], tmp_path)
+        after = (out / "run.json").read_bytes()
+        left = sorted(p.name for p in out.iterdir())
+
+    assert refused.code == 2, refused.stderr
+    assert f"the outcome directory {out} is in use by a run live in another process" in (
+        refused.stderr
+    )
+    assert "Traceback" not in refused.stderr
+    assert after == before
+    assert left == [".lock", "run.json"]  # no outcome file of the refused run either
+    assert not state.exists()  # refused before it opened a ledger
+
+
+# -- the progress bar's total -----------------------------------------------------------------
+
+
+def test_a_named_pipe_is_not_counted_nor_read(tmp_path: Path) -> None:
+    """Counting a named pipe would empty it before the run reads it: no total, nothing read."""
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    data = b"".join(orjson.dumps(r) + b"\n" for r in records(3))
+    # Held open read-write by the test: the pipe has a writer, so opening it to read does not
+    # wait, and what is written stays in it until someone reads it.
+    keeper = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    left = b""
+    try:
+        os.write(keeper, data)
+        with ThreadPoolExecutor(1) as pool:
+            counting = pool.submit(estimate_records, [str(fifo)])
+            try:
+                # Bounded: a count that reads the pipe waits for more while the writer is open.
+                total = counting.result(timeout=10)
+            finally:
+                try:
+                    left = os.read(keeper, len(data) + 1)
+                except BlockingIOError:
+                    left = b""  # the count took it all
+                os.close(keeper)  # a count still reading now sees the end, so the pool exits
+    finally:
+        fifo.unlink()
+    assert total is None
+    assert left == data
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"a": 1}\n{"a": 2}\n', 2),
+        (b'{"a": 1}\n{"a": 2}', 2),  # a last record without its newline
+        (b"", 0),
+        (gzip.compress(b'{"a": 1}\n'), None),
+        (b' [{"a": 1}, {"a": 2}]', None),
+    ],
+    ids=["jsonl", "no-final-newline", "empty", "gzip", "array"],
+)
+def test_regular_files_are_counted_when_plain_jsonl(
+    tmp_path: Path, content: bytes, expected: int | None
+) -> None:
+    path = tmp_path / "in"
+    path.write_bytes(content)
+    assert estimate_records([str(path)]) == expected
+    assert estimate_records([str(path), "-"]) is None  # standard input cannot be counted
+
+
+@pytest.fixture
+def progress_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """progress.py's clock, set by the test (the event loop keeps the real one)."""
+    now = [0.0]
+    monkeypatch.setattr(progress_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return now
+
+
+async def test_the_rate_is_counted_from_start(progress_clock: list[float]) -> None:
+    """The setup between building the bar and starting it sends nothing: it is not in the rate."""
+    bar = Progress(total=10, stream=io.StringIO())
+    progress_clock[0] = 100.0  # settings, the inputs counted, the ledger opened
+    bar.start()
+    try:
+        bar.on_outcome(
+            OutcomeRecord(RecordKind.INSTALLATION, "8001000001", SourceRef("in"), Outcome.ACCEPTED)
+        )
+        progress_clock[0] = 101.0
+        line = bar.line()
+    finally:
+        await bar.stop()
+    assert "1/10" in line
+    assert "1.0 rec/s" in line
+    assert "ETA 0:00:09" in line
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+def test_a_bad_rate_from_the_environment_is_a_clean_error(tmp_path: Path) -> None:
+    """WEMDER_RATE_LIMIT=bogus: exit 2 and a message naming the value, not a traceback."""
+    path = write_jsonl(tmp_path / "in.jsonl", records(1))
+    args = ["submit", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--no-progress"]
+    done = wem_der_with_env(args, tmp_path, {"WEMDER_RATE_LIMIT": "bogus"})
+    assert done.returncode == 2, done.stderr
+    assert "wem-der: invalid settings: rate_limit:" in done.stderr
+    assert "WEMDER_RATE_LIMIT" in done.stderr
+    assert "rate 'bogus' is not COUNT/PERIOD" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""  # refused before a record was validated
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_rate_from_a_profile_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "odd.toml").write_text('embedded_simulator = true\nrate_limit = "0/60s"\n')
+    with pytest.raises(ConfigError, match=r"rate_limit: .*rate '0/60s' must allow at least 1"):
+        load_settings("odd", environ={}, config_dir=tmp_path)
+
+
+def test_a_stored_bad_rate_is_refused() -> None:
+    """The settings a run stored (its run.json, for resume) are checked like any other."""
+    with pytest.raises(ConfigError, match=r"rate_limit: .*rate 'fast' is not COUNT/PERIOD"):
+        settings_from(argparse.Namespace(), env="local", stored={"rate_limit": "fast"})
+
+
+@pytest.mark.parametrize("given", ["false", "0"])
+def test_the_environment_cannot_lower_production(given: str) -> None:
+    assert load_settings("prod", environ={"WEMDER_PRODUCTION": given}).production is True
+
+
+def test_a_bad_production_value_is_refused_even_under_prod() -> None:
+    """The profile's word wins, but what the environment says is still checked."""
+    with pytest.raises(ConfigError, match="invalid settings: production"):
+        load_settings("prod", environ={"WEMDER_PRODUCTION": "bogus"})
+
+
+# -- owner-only files --------------------------------------------------------------------------
+
+
+def test_private_file_is_born_owner_only_and_leaves_a_file_alone(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        private_file(tmp_path / "new.sqlite3")
+        (tmp_path / "kept").write_bytes(b"content")
+        private_file(tmp_path / "kept")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.sqlite3").stat().st_mode) == 0o600
+    assert (tmp_path / "new.sqlite3").read_bytes() == b""
+    assert (tmp_path / "kept").read_bytes() == b"content"
+    assert stat.S_IMODE((tmp_path / "kept").stat().st_mode) == 0o666  # made under umask 0
