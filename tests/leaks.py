@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 import pytest
@@ -60,6 +61,25 @@ def files_under(*roots: Path, skip: Iterable[Path] = ()) -> dict[str, bytes]:
         if root.exists()
         for path in sorted(root.rglob("*"))
         if path.is_file() and path.resolve() not in skipped
+    }
+
+
+class Console(Protocol):
+    """What a finished process printed: a `Done` or `Result` of the test helpers."""
+
+    @property
+    def stdout(self) -> str: ...
+
+    @property
+    def stderr(self) -> str: ...
+
+
+def everything_written(done: Console, *roots: Path, skip: Iterable[Path] = ()) -> dict[str, bytes]:
+    """A process's console output and every file below `roots` but `skip`."""
+    return {
+        "stdout": done.stdout.encode(),
+        "stderr": done.stderr.encode(),
+        **files_under(*roots, skip=skip),
     }
 
 

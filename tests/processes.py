@@ -8,14 +8,12 @@ deadline, never a sleep standing in for a result.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,19 +22,19 @@ from typing import Any
 import orjson
 
 from pipeline.outcomes import Outcome
+from tests.e2e import PYTHON, Done, clean_environ
 
-PYTHON = sys.executable
 # A secret the tests can look for in everything the tool writes: it must appear nowhere.
 SECRET = "s3cret-" + "x7Q2" * 6
+CLIENT_ID = "local-client"  # the simulator's default, so it is given no --client-id
 RUN_TIMEOUT_S = 60.0
 POLL_S = 0.005
 
 
 def _environ() -> dict[str, str]:
-    # No WEMDER_* from the developer's shell; logs as JSON lines (stderr is not a terminal).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEMDER_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    # No WEMDER_* from the developer's shell; logs as JSON lines (stderr is not a terminal),
+    # unbuffered so that a log read while the process runs is up to date.
+    return clean_environ() | {"PYTHONUNBUFFERED": "1"}
 
 
 def wait_until(
@@ -89,7 +87,7 @@ class Sim:
             "--token-url",
             self.base_url + "/oauth/v1/token",
             "--client-id",
-            "local-client",
+            CLIENT_ID,
             "--client-secret-file",
             str(self.secret_file),
             "--participant-id",
@@ -131,14 +129,13 @@ def simulator(directory: Path, *flags: str) -> Iterator[Sim]:
             proc.wait(timeout=10)
 
 
-def wem_der(*args: str, cwd: Path | None = None, timeout_s: float = RUN_TIMEOUT_S) -> Result:
+def wem_der(*args: str) -> Result:
     """Run `wem-der ARGS` to its end."""
     done = subprocess.run(
         [PYTHON, "-m", "pipeline", *args],
         capture_output=True,
-        timeout=timeout_s,
+        timeout=RUN_TIMEOUT_S,
         env=_environ(),
-        cwd=cwd,
         check=False,
     )
     return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
@@ -158,20 +155,18 @@ def kill9(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=10)
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    stdout: str
-    stderr: str
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Leave no process behind when a test fails half-way."""
+    if proc.poll() is None:
+        kill9(proc)
+
+
+class Result(Done):
+    """A finished `wem-der` process; `output` is both streams, for failure messages."""
 
     @property
     def output(self) -> str:
         return self.stdout + self.stderr
-
-
-def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in records))
-    return path
 
 
 def outcome_lines(out_dir: Path) -> list[dict[str, Any]]:
@@ -193,9 +188,10 @@ def count_lines(out_dir: Path) -> int:
     return total
 
 
+def has_lines(out_dir: Path, count: int) -> bool:
+    """Whether `out_dir` holds `count` outcome lines or more by now."""
+    return count_lines(out_dir) >= count
+
+
 def run_id_of(out_dir: Path) -> str:
     return str(orjson.loads((out_dir / "run.json").read_bytes())["run_id"])
-
-
-def summary_of(out_dir: Path) -> dict[str, Any]:
-    return dict(orjson.loads((out_dir / "summary.json").read_bytes()))

@@ -9,14 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.samples import installations
-from tests.processes import (
-    Sim,
-    outcome_lines,
-    run_id_of,
-    summary_of,
-    wem_der,
-    write_jsonl,
-)
+from tests.e2e import read_summary, write_jsonl
+from tests.processes import Sim, outcome_lines, run_id_of, wem_der
 
 COUNT = 40
 
@@ -34,7 +28,7 @@ def batch(**changes: Any) -> list[dict[str, Any]]:
 def submit(sim: Sim, path: Path, out: Path, state: Path, *extra: str) -> dict[str, Any]:
     done = wem_der("submit", str(path), "--out", str(out), *sim.flags(state), *extra)
     assert done.code == 0, done.output
-    return summary_of(out)
+    return read_summary(out)
 
 
 def test_an_unchanged_nightly_rerun_sends_no_request(register: Sim, tmp_path: Path) -> None:

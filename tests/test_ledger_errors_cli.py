@@ -16,17 +16,18 @@ import pytest
 
 from pipeline.samples import installations
 from tests.damage import overwrite_with_garbage, tear_the_items_table
+from tests.e2e import read_summary, write_jsonl
 from tests.processes import (
     Result,
     Sim,
     count_lines,
+    has_lines,
     outcome_lines,
     run_id_of,
     start,
-    summary_of,
+    stop,
     wait_until,
     wem_der,
-    write_jsonl,
 )
 
 LEDGER = "ledger.sqlite3"
@@ -99,10 +100,9 @@ def test_a_ledger_locked_at_the_start_is_a_clear_exit_2(sim: Sim, earlier_run: P
 
 
 def test_a_ledger_locked_mid_run_stops_the_run_and_resume_finishes_it(
-    sim: Sim, tmp_path: Path
+    register: Sim, tmp_path: Path
 ) -> None:
     """Locked while sending: exit 2, and a resume later sends every record exactly once."""
-    sim.reset()
     count = 60
     inputs = write_jsonl(tmp_path / "in.jsonl", installations(count, seed=6, start=600))
     out, state = tmp_path / "out", tmp_path / "state"
@@ -111,7 +111,7 @@ def test_a_ledger_locked_mid_run_stops_the_run_and_resume_finishes_it(
         str(inputs),
         "--out",
         str(out),
-        *sim.flags(state),
+        *register.flags(state),
         "--rate-limit",
         "20/1s",  # three seconds of sending: the lock lands mid-run
         log=tmp_path / "run.log",
@@ -124,28 +124,22 @@ def test_a_ledger_locked_mid_run_stops_the_run_and_resume_finishes_it(
             code = proc.wait(timeout=30)
             other.execute("ROLLBACK")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
     log = (tmp_path / "run.log").read_text()
     assert code == 2, log
     assert f"wem-der: {state / LEDGER} is locked by another wem-der run" in log
     assert "Traceback" not in log
     assert count_lines(out) < count
 
-    resumed = wem_der("resume", str(out), "--client-secret-file", str(sim.secret_file))
+    resumed = wem_der("resume", str(out), "--client-secret-file", str(register.secret_file))
 
     assert resumed.code == 0, resumed.output
-    stats = sim.stats()
+    stats = register.stats()
     assert stats["creates_refused_existing"] == 0
     assert (stats["installations"], stats["installation_versions"]) == (count, count)
     lines = outcome_lines(out)
     assert Counter(line["source"]["line"] for line in lines) == Counter(range(1, count + 1))
-    assert summary_of(out)["accepted"] == count
-
-
-def has_lines(out: Path, count: int) -> bool:
-    return count_lines(out) >= count
+    assert read_summary(out)["accepted"] == count
 
 
 def test_a_state_dir_that_cannot_be_made_is_a_clear_exit_2(sim: Sim, tmp_path: Path) -> None:

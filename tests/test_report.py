@@ -15,20 +15,12 @@ from pipeline.outcomes import Action, Outcome, OutcomeRecord, SourceRef
 from pipeline.report import collect, quota_use, render
 from pipeline.report_text import table
 from pipeline.samples import installations
-from tests.processes import Sim, run_id_of, wem_der, write_jsonl
+from pipeline.simulator.testing import ManualClock
+from tests.e2e import write_jsonl
+from tests.processes import Sim, run_id_of, wem_der
 
 INST = RecordKind.INSTALLATION
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
-
-
-class Clock:
-    """The ledger's wall clock, set by the test before each write."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def result(
@@ -61,7 +53,7 @@ def error(code: str, title: str) -> dict[str, Any]:
     return {"code": code, "title": title, "detail": "..."}
 
 
-async def fill(ledger: Ledger, clock: Clock) -> None:
+async def fill(ledger: Ledger, clock: ManualClock) -> None:
     """Run r1 (quota 3/60s): six records, attempts over three windows; r2 re-submits one."""
     await ledger.start_run(
         run_id="r1",
@@ -124,7 +116,7 @@ async def fill(ledger: Ledger, clock: Clock) -> None:
 
 @pytest.fixture
 async def ledger(tmp_path: Path) -> Any:
-    clock = Clock()
+    clock = ManualClock(start=T0)  # the ledger's wall clock, set before each write
     async with asyncio.timeout(10), Ledger(tmp_path / "ledger.sqlite3", clock=clock) as opened:
         await fill(opened, clock)
         yield opened

@@ -15,7 +15,8 @@ import pytest
 
 from pipeline.reconcile import register_holds
 from pipeline.samples import installations
-from tests.processes import Sim, outcome_lines, run_id_of, wem_der, write_jsonl
+from tests.e2e import write_jsonl
+from tests.processes import Result, Sim, outcome_lines, run_id_of, wem_der
 
 # Positions in the batch, and what the simulated register makes of them.
 PHASES = 8  # installedPhasesCount 3 > availablePhasesCount 1: rejected, rule 1012
@@ -34,13 +35,13 @@ def batch() -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def parent(sim: Sim, tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
-    """A finished run of `batch()`: 8 accepted, 3 rejected, 1 conditional."""
-    sim.reset()
+def parent(register: Sim, tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """A finished run of `batch()` on an emptied register: 8 accepted, 3 rejected,
+    1 conditional."""
     records = batch()
     inputs = write_jsonl(tmp_path / "nightly.jsonl", records)
     out = tmp_path / "nightly"
-    done = wem_der("submit", str(inputs), "--out", str(out), *sim.flags(tmp_path / "state"))
+    done = wem_der("submit", str(inputs), "--out", str(out), *register.flags(tmp_path / "state"))
     assert done.code == 1, done.output
     outcomes = {line["nmi"]: line["outcome"] for line in outcome_lines(out)}
     assert [outcomes[records[i]["nmi"]] for i in (PHASES, FUTURE, EXPORT, PHASES_TOO)] == [
@@ -52,7 +53,7 @@ def parent(sim: Sim, tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
     return out, records
 
 
-def resubmit(sim: Sim, parent_dir: Path, *args: str) -> Any:
+def resubmit(sim: Sim, parent_dir: Path, *args: str) -> Result:
     # Only the secret is given: endpoints and state directory are the parent run's.
     return wem_der("resubmit", str(parent_dir), *args, "--client-secret-file", str(sim.secret_file))
 

@@ -41,7 +41,7 @@ from tests.e2e import (
     sim_settings,
     write_jsonl,
 )
-from tests.leaks import Secrets, files_under, leaks, record_tokens
+from tests.leaks import Secrets, everything_written, leaks, record_tokens
 from tests.scripted import Reply, serve
 
 # A client secret that nothing else in a run could contain by chance.
@@ -82,15 +82,6 @@ async def wem_der(
     return Done(proc.returncode, out.decode(), err.decode())
 
 
-def everything_written(done: Done, tmp_path: Path) -> dict[str, bytes]:
-    """The run's console output and every file under `tmp_path` but the secret file."""
-    return {
-        "stdout": done.stdout.encode(),
-        "stderr": done.stderr.encode(),
-        **files_under(tmp_path, skip=[tmp_path / "secret.txt"]),
-    }
-
-
 # -- the secret and the tokens ------------------------------------------------------------
 
 
@@ -121,7 +112,7 @@ async def test_the_secret_and_the_tokens_show_nowhere(
         assert expect in reason
         assert expect in done.stdout + done.stderr
     assert bool(secrets.tokens) == (scenario != "credentials refused")
-    written = everything_written(done, tmp_path)
+    written = everything_written(done, tmp_path, skip=[tmp_path / "secret.txt"])
     assert any(name.endswith("ledger.sqlite3") for name in written)
     assert leaks(secrets, written) == []
 
@@ -152,7 +143,8 @@ async def test_a_token_endpoint_that_echoes_the_credentials(tmp_path: Path) -> N
     assert done.code == 3, done.stderr
     assert seen == ["/oauth/token"]  # refused credentials are not tried again
     assert "Authorization failed for 'Basic ***' (secret ***)" in done.stdout
-    assert leaks(secrets, everything_written(done, tmp_path)) == []
+    written = everything_written(done, tmp_path, skip=[tmp_path / "secret.txt"])
+    assert leaks(secrets, written) == []
 
 
 @pytest.mark.parametrize(

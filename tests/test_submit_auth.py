@@ -13,6 +13,7 @@ from pipeline.run import Hooks
 from pipeline.simulator import FaultProfile, Simulator
 from pipeline.simulator.testing import ManualClock
 from tests.e2e import (
+    CLIENT_ID,
     TOKEN_BODY,
     Tap,
     assert_each_once,
@@ -25,6 +26,7 @@ from tests.e2e import (
     submit,
     write_jsonl,
 )
+from tests.leaks import Secrets, files_under, leaks
 from tests.scripted import Reply, serve
 
 
@@ -167,6 +169,8 @@ async def test_refused_credentials_stop_the_run_cleanly(tmp_path: Path) -> None:
         assert summary["status"] == "aborted"
         assert "refused the client credentials" in summary["abort_reason"]
         assert (summary["not_sent"], summary["requests"]) == (5, 0)
-        for file in tmp_path.rglob("*"):
-            if file.is_file():
-                assert wrong.encode() not in file.read_bytes(), file
+        # The refused secret, plain or as the Basic credentials it was sent in, is in no file
+        # the run left (the ledger's -wal and -shm included).
+        written = files_under(tmp_path)
+        assert any(name.endswith("ledger.sqlite3") for name in written)
+        assert leaks(Secrets(CLIENT_ID, wrong), written) == []
