@@ -34,12 +34,18 @@ def _changed(recs: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
     return out
 
 
+def _two_versions(tmp_path: Path, count: int) -> tuple[list[dict[str, Any]], Path, Path]:
+    """`count` records, and the files of their first and a changed second version."""
+    recs = records(count)
+    first = write_jsonl(tmp_path / "v1.jsonl", recs)
+    second = write_jsonl(tmp_path / "v2.jsonl", _changed(recs, "v2"))
+    return recs, first, second
+
+
 async def test_new_nmis_are_created_then_known_ones_updated(tmp_path: Path, tap: Tap) -> None:
     """Run 1 creates; run 2 (same ledger, changed records) updates with one PUT each."""
     async with asyncio.timeout(30):
-        recs = records(6)
-        first = write_jsonl(tmp_path / "v1.jsonl", recs)
-        second = write_jsonl(tmp_path / "v2.jsonl", _changed(recs, "v2"))
+        recs, first, second = _two_versions(tmp_path, 6)
         async with Simulator(sim_settings()) as sim:
             settings = run_settings(sim, tmp_path)
             one = await submit(settings, tmp_path, [first], out="one")
@@ -83,9 +89,7 @@ async def test_unchanged_records_are_skipped_without_a_request(tmp_path: Path, t
 async def test_update_answered_404_becomes_a_create(tmp_path: Path, tap: Tap) -> None:
     """The ledger believes an NMI exists, the register does not: PUT 404, then POST."""
     async with asyncio.timeout(30):
-        recs = records(3)
-        first = write_jsonl(tmp_path / "v1.jsonl", recs)
-        second = write_jsonl(tmp_path / "v2.jsonl", _changed(recs, "v2"))
+        recs, first, second = _two_versions(tmp_path, 3)
         async with Simulator(sim_settings()) as sim:
             await submit(run_settings(sim, tmp_path), tmp_path, [first], out="one")
         tap.exchanges.clear()
@@ -106,9 +110,7 @@ async def test_update_answered_404_becomes_a_create(tmp_path: Path, tap: Tap) ->
 async def test_create_refused_as_existing_becomes_an_update(tmp_path: Path, tap: Tap) -> None:
     """The register has the NMI, this ledger does not: POST 422 "already exists", then PUT."""
     async with asyncio.timeout(30):
-        recs = records(3)
-        first = write_jsonl(tmp_path / "v1.jsonl", recs)
-        second = write_jsonl(tmp_path / "v2.jsonl", _changed(recs, "v2"))
+        recs, first, second = _two_versions(tmp_path, 3)
         async with Simulator(sim_settings()) as sim:
             # Someone else (another state directory) created them.
             other = run_settings(sim, tmp_path, state_dir=tmp_path / "elsewhere")
@@ -135,9 +137,7 @@ async def test_create_refused_as_existing_becomes_an_update(tmp_path: Path, tap:
 async def test_action_create_is_not_turned_into_an_update(tmp_path: Path, tap: Tap) -> None:
     """With --action create an existing NMI is rejected as such, and nothing else is sent."""
     async with asyncio.timeout(30):
-        recs = records(2)
-        first = write_jsonl(tmp_path / "v1.jsonl", recs)
-        second = write_jsonl(tmp_path / "v2.jsonl", _changed(recs, "v2"))
+        _, first, second = _two_versions(tmp_path, 2)
         async with Simulator(sim_settings()) as sim:
             await submit(run_settings(sim, tmp_path), tmp_path, [first], out="one")
             tap.exchanges.clear()
