@@ -9,18 +9,71 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import gc
+import re
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
 from pipeline import __version__
 from pipeline.errors import WemDerError
 from pipeline.progress import Progress
+
+# What argparse itself takes for a negative number rather than an option.
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+_HIDING_ERRORS = ("the following arguments are required", "unrecognized arguments")
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: a mistyped option is the error it reports, with the option
+    it resembles.
+
+    argparse checks required arguments before unknown ones, so `submit in.jsonl --outt x`
+    said only that --out was missing, and never named the typo.
+    """
+
+    _given: Sequence[str] = ()
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # The top-level parser calls this with the subcommand's own arguments.
+        self._given = list(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(args, namespace)
+        if self._unknown_options():
+            self.error("unrecognized arguments: " + " ".join(extras))
+        return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        unknown = self._unknown_options()
+        # Only where argparse's own words would hide the typo: its other errors are about
+        # a known option's value, which may be a secret and is not echoed.
+        if unknown and message.startswith(_HIDING_ERRORS):
+            # Compared without dashes, or every long option resembles every other.
+            names = {option.lstrip("-"): option for option in self._option_string_actions}
+            meant = difflib.get_close_matches(unknown[0].lstrip("-"), names, n=1)
+            hint = f" (did you mean {names[meant[0]]}?)" if meant else ""
+            message = f"unrecognized option {unknown[0]}{hint}"
+        super().error(message)
+
+    def _unknown_options(self) -> list[str]:
+        known = self._option_string_actions
+        unknown = []
+        for arg in self._given:
+            if arg == "--":
+                break
+            name = arg.split("=", 1)[0]
+            if not name.startswith("-") or name == "-" or _NEGATIVE_NUMBER.match(name):
+                continue
+            # allow_abbrev: argparse takes the prefix of one option for that option.
+            if name not in known and not any(option.startswith(name) for option in known):
+                unknown.append(name)
+        return unknown
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wem-der", description="Bulk submission of records to AEMO's WEM DER Register."
     )
     parser.add_argument("--version", action="version", version=f"wem-der {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     p = sub.add_parser("submit", help="send records from files to the register")
     p.add_argument(

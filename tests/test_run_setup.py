@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from pipeline import progress as progress_module
+from pipeline.cli import build_parser
 from pipeline.config import load_settings
 from pipeline.errors import ConfigError
 from pipeline.models import RecordKind
@@ -206,3 +207,52 @@ def test_private_file_is_born_owner_only_and_leaves_a_file_alone(tmp_path: Path)
     assert (tmp_path / "new.sqlite3").read_bytes() == b""
     assert (tmp_path / "kept").read_bytes() == b"content"
     assert stat.S_IMODE((tmp_path / "kept").stat().st_mode) == 0o666  # made under umask 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # argparse alone said only "the following arguments are required: --out".
+        (
+            ["submit", "in.jsonl", "--outt", "out"],
+            "unrecognized option --outt (did you mean --out?)",
+        ),
+        (
+            ["submit", "in.jsonl", "--out", "o", "--concurency", "5"],
+            "unrecognized option --concurency (did you mean --concurrency?)",
+        ),
+        (
+            ["resume", "run", "--nmi-base-urll=http://x"],
+            "unrecognized option --nmi-base-urll (did you mean --nmi-base-url?)",
+        ),
+        (["submit", "in.jsonl", "--bogus"], "unrecognized option --bogus\n"),
+    ],
+)
+def test_a_mistyped_option_is_named_with_the_one_meant(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["submit", "in.jsonl", "--ou", "o", "--concurrency", "-5"],  # a prefix, a negative
+        ["submit", "-", "--out", "o"],  # stdin
+        ["submit", "--out", "o", "--", "--file-named-like-an-option"],
+    ],
+)
+def test_what_argparse_accepts_is_not_taken_for_a_typo(argv: list[str]) -> None:
+    assert build_parser().parse_args(argv).command == "submit"
+
+
+def test_a_refused_option_value_is_not_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+    """A value argparse refuses may be a secret: the error names the option, not the value."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["submit", "in.jsonl", "--out", "o", "--client-secret", "-s3"])
+    err = capsys.readouterr().err
+    assert "--client-secret: expected one argument" in err
+    assert "-s3" not in err
