@@ -22,6 +22,7 @@ import structlog
 
 from pipeline import __version__
 from pipeline.errors import WemDerError
+from pipeline.guarded_output import Loss, guarded_output
 from pipeline.progress import Progress
 
 # What argparse itself takes for a negative number rather than an option.
@@ -280,6 +281,11 @@ def _first_leaf(group: ExceptionGroup[WemDerError]) -> WemDerError:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with guarded_output() as stderr_loss:
+        return _command(args, stderr_loss)
+
+
+def _command(args: argparse.Namespace, stderr_loss: Loss) -> int:
     from pipeline import commands
 
     try:
@@ -304,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         async def go() -> int:
             progress = Progress() if show_progress else None
             hooks = commands.make_hooks(progress)
+            hooks.lost_output = stderr_loss.describe
             _install_stop(hooks.stop)
             return await commands.run_command(args, hooks, progress)
 

@@ -21,10 +21,11 @@ BAR_WIDTH = 24
 class Progress:
     """Counts outcomes as they happen and redraws one status line on stderr."""
 
-    def __init__(self, *, total: int | None = None, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, *, total: int | None = None, stream: TextIO | None = None) -> None:
         self.total = total
         self.counts: Counter[Outcome] = Counter()
-        self._stream = stream
+        # sys.stderr as it is now, not at import: the CLI guards it (guarded_output.py).
+        self._stream = sys.stderr if stream is None else stream
         self._started = time.monotonic()  # set again by start(): the rate is of the run alone
         self._task: asyncio.Task[None] | None = None
 
@@ -126,5 +127,7 @@ def summary_table(summary: Mapping[str, Any]) -> str:
     rows.append(("elapsed", f"{summary.get('elapsed_s', 0)} s"))
     if summary.get("abort_reason"):
         rows.append(("stopped because", summary["abort_reason"]))
+    if summary.get("stderr_lost"):
+        rows.append(("log lost", summary["stderr_lost"]))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

@@ -105,6 +105,7 @@ def _run(row: RunRow, children: list[str]) -> dict[str, Any]:
                 "rate_limit",
                 "elapsed_s",
                 "abort_reason",
+                "stderr_lost",
             )
             if key in summary
         },

@@ -82,6 +82,7 @@ def _run_text(run: dict[str, Any]) -> str:
         ("not_sent", "not sent yet"),
         ("elapsed_s", "elapsed s (last part)"),
         ("abort_reason", "stopped because"),
+        ("stderr_lost", "log lost"),
     ):
         if summary.get(key):
             fields.append((name, summary[key]))

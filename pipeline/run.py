@@ -79,6 +79,8 @@ class Hooks:
     on_outcome: Callable[[OutcomeRecord], None] = lambda outcome: None
     on_diff: Callable[[str, list[str]], None] = lambda nmi, lines: None
     on_note: Callable[[str], None] = lambda text: None
+    # What stderr could not write (the log's loss), if anything: said in the summary.
+    lost_output: Callable[[], str | None] = lambda: None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -309,6 +311,8 @@ async def execute(
         }
         if engine.abort is not None:
             summary["abort_reason"] = str(engine.abort)
+        if (lost := hooks.lost_output()) is not None:
+            summary["stderr_lost"] = lost
         if ep.simulator is not None:
             summary["register"] = ep.simulator.stats()
         sink.write_summary(summary)

@@ -4,6 +4,8 @@ output files; stdin input, compression on the wire, refused credentials, Ctrl-C 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
 from pathlib import Path
 
@@ -13,8 +15,10 @@ import pytest
 from pipeline.simulator import FaultProfile, Simulator
 from tests.e2e import (
     PARTICIPANT,
+    PYTHON,
     Tap,
     assert_each_once,
+    clean_environ,
     cli,
     endpoint_flags,
     lines_of,
@@ -279,3 +283,42 @@ async def test_a_full_disk_stops_the_run_with_a_message_and_resume_finishes_it(
     assert len(found["accepted"]) == 20
     register = read_summary(out)["register"]
     assert (register["installations"], register["installation_versions"]) == (20, 20)
+
+
+@pytest.mark.parametrize(
+    ("stderr_is", "reason"),
+    [("a full disk", "No space left on device"), ("a pipe nobody reads", "Broken pipe")],
+)
+async def test_a_log_that_cannot_be_written_does_not_stop_the_run(
+    tmp_path: Path, stderr_is: str, reason: str
+) -> None:
+    """stderr on a full disk, or on a pipe whose reader has gone (`2>&1 | head`): every
+    record still goes through, and the summary says what the log lost and why."""
+    path = write_jsonl(tmp_path / "in.jsonl", records(20))
+    out = tmp_path / "out"
+    if stderr_is == "a full disk":
+        stderr = os.open("/dev/full", os.O_WRONLY)
+    else:
+        reader, stderr = os.pipe()
+        os.close(reader)
+    args = ["submit", str(path), "--out", str(out), "--state-dir", str(tmp_path / "state")]
+    async with asyncio.timeout(60):
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                PYTHON, "-m", "pipeline", *args, "--no-progress", "--log-format", "json",
+                stdout=asyncio.subprocess.PIPE, stderr=stderr, env=clean_environ(), cwd=tmp_path,
+            )  # fmt: skip
+        finally:
+            os.close(stderr)
+        stdout, _ = await proc.communicate()
+
+    assert proc.returncode == 0, stdout
+    found = assert_each_once(out, lines_of(path, 20))
+    assert len(found["accepted"]) == 20
+    summary = read_summary(out)
+    # The run's own line, the token's and one per record, at least: all of them lost.
+    lost = re.fullmatch(r"(\d+) lines not written from \S+Z: (.+)", summary["stderr_lost"])
+    assert lost is not None, summary["stderr_lost"]
+    assert int(lost[1]) >= 22
+    assert lost[2] == reason
+    assert re.search(rf"\n +log lost +{re.escape(summary['stderr_lost'])}\n", stdout.decode())
