@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -80,7 +80,7 @@ class Engine:
         stop: asyncio.Event,
         on_outcome: Callable[[OutcomeRecord], None],
         force: bool = False,
-        skip_seqs: frozenset[int] = frozenset(),
+        skip_seqs: Container[int] = (),
         read_back_seqs: Mapping[int, Action] | None = None,
         lineage: Lineage | None = None,
     ) -> None:

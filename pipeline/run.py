@@ -37,6 +37,7 @@ from pipeline.preflight import Preflight
 from pipeline.private_files import write_json_atomic
 from pipeline.retry import RetryPolicy
 from pipeline.runlock import run_lock
+from pipeline.seqset import SeqSet
 from pipeline.sinks import OutcomeSink, rewriting
 from pipeline.workers import Submitter
 
@@ -122,7 +123,7 @@ def _describe(settings: Settings, plan: RunPlan, out_dir: Path) -> None:
 
 async def _open_run(
     ledger: Ledger, settings: Settings, plan: RunPlan, out_dir: Path, resume: bool
-) -> tuple[frozenset[int], dict[int, Action]]:
+) -> tuple[SeqSet, dict[int, Action]]:
     """(records already final, records whose write was on the wire when a run died, with
     the action of that write)."""
     # A run_id the ledger knows is that run resuming: it is marked running again. One it
@@ -136,7 +137,7 @@ async def _open_run(
         parent_run_id=plan.parent_run_id,
     )
     if not resume:
-        return frozenset(), {}
+        return SeqSet(), {}
     read_back = {
         seq: Action(f.action)
         for seq, f in (await ledger.in_flight(plan.run_id)).items()
@@ -147,12 +148,12 @@ async def _open_run(
     # Streamed as stored: a migration's million finished lines are copied, not decoded.
     # The rows streamed are those of every final outcome of the run: their seqs are the
     # records already final, read here rather than by a query of their own.
-    done: set[int] = set()
+    done = SeqSet()
     with rewriting(out_dir) as sink:
         async for row in ledger.iter_run_items(plan.run_id):
             sink.write_line(Outcome(row.outcome), row.line)
             done.add(row.seq)
-    return frozenset(done), read_back
+    return done, read_back
 
 
 def _submitter(
