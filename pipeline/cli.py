@@ -34,8 +34,8 @@ class _CommandParser(argparse.ArgumentParser):
     """A subcommand's parser: a mistyped option is the error it reports, with the option
     it resembles.
 
-    argparse checks required arguments before unknown ones, so `submit in.jsonl --outt x`
-    said only that --out was missing, and never named the typo.
+    argparse checks required arguments before unknown ones: for `submit in.jsonl --outt x`
+    it would say only that --out is missing, and never name the typo.
     """
 
     _given: Sequence[str] = ()

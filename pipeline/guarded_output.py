@@ -2,11 +2,12 @@
 
 The log, the notes and the progress bar on stderr, and the closing table on stdout, only
 describe a run; its record is the outcome files and the ledger. A full disk under a
-redirected log, or a reader gone away (`wem-der submit ... 2>&1 | head`), made the next
-write raise, and the run stopped half-way with a traceback nobody could read. Now, as
+redirected log, or a reader gone away (`wem-der submit ... 2>&1 | head`), makes every
+write raise, which would stop a run half-way with a traceback nobody can read. So, as
 Python's own logging does with a handler that fails, the run goes on: the first failure
 is kept, what would have been written after it is counted and dropped, and the run's
-summary says what the log is missing (`Hooks.lost_output`).
+summary says what the log is missing (`Hooks.lost_output`). A stream closed before the
+process started (`2>&-`) is one that fails from the start.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class Loss:
     reason: str | None = None
     at: datetime | None = None
     lines: int = 0
+
+    def fail(self, reason: str) -> None:
+        self.reason = reason
+        self.at = datetime.now(UTC)
 
     def describe(self) -> str | None:
         if self.reason is None or self.at is None:
@@ -70,8 +75,7 @@ class GuardedStream:
         return getattr(self._stream, name)
 
     def _failed(self, exc: OSError) -> None:
-        self.loss.reason = exc.strerror or type(exc).__name__
-        self.loss.at = datetime.now(UTC)
+        self.loss.fail(exc.strerror or type(exc).__name__)
         # What the stream still buffers would fail again when the interpreter flushes it
         # at exit, and turn the exit status into 120: send it to the null device instead.
         with suppress(OSError, ValueError, AttributeError):
@@ -87,9 +91,18 @@ def guarded_output() -> Iterator[Loss]:
     """Guard `sys.stdout` and `sys.stderr` while the block runs; yields stderr's `Loss`."""
     stdout, stderr = sys.stdout, sys.stderr
     loss = Loss()
-    sys.stdout = cast(TextIO, GuardedStream(stdout, Loss()))
-    sys.stderr = cast(TextIO, GuardedStream(stderr, loss))
-    try:
-        yield loss
-    finally:
-        sys.stdout, sys.stderr = stdout, stderr
+    with open(os.devnull, "w", encoding="utf-8") as null:
+        sys.stdout = _guarded(stdout, Loss(), null)
+        sys.stderr = _guarded(stderr, loss, null)
+        try:
+            yield loss
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
+
+
+def _guarded(stream: TextIO | None, loss: Loss, null: TextIO) -> TextIO:
+    # Python sets a standard stream whose descriptor was closed at start-up to None.
+    if stream is None:
+        loss.fail("closed when the process started")
+        stream = null
+    return cast(TextIO, GuardedStream(stream, loss))

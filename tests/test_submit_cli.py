@@ -285,40 +285,65 @@ async def test_a_full_disk_stops_the_run_with_a_message_and_resume_finishes_it(
     assert (register["installations"], register["installation_versions"]) == (20, 20)
 
 
+async def _submit_20(tmp_path: Path, shell: str, stderr: int | None = None) -> tuple[int, str]:
+    """`wem-der submit` of 20 records with its streams redirected as `shell` says (sh
+    syntax, such as `2>&-`); its exit code and stdout."""
+    path = write_jsonl(tmp_path / "in.jsonl", records(20))
+    args = [
+        "submit", str(path), "--out", str(tmp_path / "out"), "--state-dir",
+        str(tmp_path / "state"), "--no-progress", "--log-format", "json",
+    ]  # fmt: skip
+    async with asyncio.timeout(60):
+        proc = await asyncio.create_subprocess_exec(
+            "sh", "-c", f'exec "$@" {shell}', "sh", PYTHON, "-m", "pipeline", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=stderr, env=clean_environ(), cwd=tmp_path,
+        )  # fmt: skip
+        stdout, _ = await proc.communicate()
+    assert proc.returncode is not None
+    assert_each_once(tmp_path / "out", lines_of(path, 20))
+    return proc.returncode, stdout.decode()
+
+
 @pytest.mark.parametrize(
     ("stderr_is", "reason"),
-    [("a full disk", "No space left on device"), ("a pipe nobody reads", "Broken pipe")],
+    [
+        ("a full disk", "No space left on device"),
+        ("a pipe nobody reads", "Broken pipe"),
+        ("closed", "closed when the process started"),
+    ],
 )
 async def test_a_log_that_cannot_be_written_does_not_stop_the_run(
     tmp_path: Path, stderr_is: str, reason: str
 ) -> None:
-    """stderr on a full disk, or on a pipe whose reader has gone (`2>&1 | head`): every
-    record still goes through, and the summary says what the log lost and why."""
-    path = write_jsonl(tmp_path / "in.jsonl", records(20))
-    out = tmp_path / "out"
-    if stderr_is == "a full disk":
-        stderr = os.open("/dev/full", os.O_WRONLY)
-    else:
+    """stderr on a full disk, on a pipe whose reader has gone (`2>&1 | head`), or closed
+    (`2>&-`): every record still goes through, and the summary says what the log lost and
+    why."""
+    stderr: int | None = None
+    if stderr_is == "a pipe nobody reads":
         reader, stderr = os.pipe()
         os.close(reader)
-    args = ["submit", str(path), "--out", str(out), "--state-dir", str(tmp_path / "state")]
-    async with asyncio.timeout(60):
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                PYTHON, "-m", "pipeline", *args, "--no-progress", "--log-format", "json",
-                stdout=asyncio.subprocess.PIPE, stderr=stderr, env=clean_environ(), cwd=tmp_path,
-            )  # fmt: skip
-        finally:
+    shell = {"a full disk": "2>/dev/full", "closed": "2>&-"}.get(stderr_is, "")
+    try:
+        code, stdout = await _submit_20(tmp_path, shell, stderr)
+    finally:
+        if stderr is not None:
             os.close(stderr)
-        stdout, _ = await proc.communicate()
 
-    assert proc.returncode == 0, stdout
-    found = assert_each_once(out, lines_of(path, 20))
-    assert len(found["accepted"]) == 20
-    summary = read_summary(out)
+    assert code == 0, stdout
+    summary = read_summary(tmp_path / "out")
+    assert summary["accepted"] == 20
     # The run's own line, the token's and one per record, at least: all of them lost.
     lost = re.fullmatch(r"(\d+) lines not written from \S+Z: (.+)", summary["stderr_lost"])
     assert lost is not None, summary["stderr_lost"]
     assert int(lost[1]) >= 22
     assert lost[2] == reason
-    assert re.search(rf"\n +log lost +{re.escape(summary['stderr_lost'])}\n", stdout.decode())
+    assert re.search(rf"\n +log lost +{re.escape(summary['stderr_lost'])}\n", stdout)
+
+
+async def test_a_closed_stdout_does_not_stop_the_run(tmp_path: Path) -> None:
+    """`>&-`: the closing table has nowhere to go, and the run is what it would have been."""
+    code, _ = await _submit_20(tmp_path, ">&-")
+    assert code == 0
+    summary = read_summary(tmp_path / "out")
+    assert (summary["accepted"], summary["status"]) == (20, "finished")
+    assert "stderr_lost" not in summary
