@@ -256,3 +256,9 @@ def test_a_refused_option_value_is_not_echoed(capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err
     assert "--client-secret: expected one argument" in err
     assert "-s3" not in err
+    # Nor the value of a mistyped one, which argparse alone listed in full.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["submit", "in.jsonl", "--out", "o", "--client-secrett=s3cr3t"])
+    err = capsys.readouterr().err
+    assert "unrecognized option --client-secrett (did you mean --client-secret?)" in err
+    assert "s3cr3t" not in err
