@@ -2,8 +2,8 @@
 
     python -m benchmarks.client_cost [--records 10000] [--concurrency 100] [--rounds 3]
 
-One simulator, in its own process with the quota lifted and no added latency, serves both
-clients, so only the client's CPU is counted. Each client runs in a fresh process of its
+One simulator, in its own process with the quota lifted and no added latency, serves every
+client, so only the client's CPU is counted. Each client runs in a fresh process of its
 own (`benchmarks._cpu_child`):
 
 - floor: a bare aiohttp loop posting the same records, encoded as wem-der encodes them
@@ -16,8 +16,8 @@ own (`benchmarks._cpu_child`):
 
 "run CPU" is `time.process_time()` around the run inside the child (all threads, user +
 system); "process CPU" is the whole process as the kernel accounts it (wait4), interpreter
-start and imports included. The register is reset before each client run, and the order
-of the two alternates between rounds, so drift on a noisy machine hits both alike; the
+start and imports included. The register is reset before each client run, and each round
+starts with a different client, so drift on a noisy machine hits all three alike; the
 ratio is of the medians. Goal: wem-der <= 1.5 x the floor (run CPU). When it is over, or
 with --profile, wem-der runs once more under cProfile and its hot spots are listed.
 """
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.client_cost", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--records", type=int, default=10000)
-    parser.add_argument("--concurrency", type=int, default=100, help="both clients")
+    parser.add_argument("--concurrency", type=int, default=100, help="every client")
     parser.add_argument("--rounds", type=int, default=3, help="floor and wem-der runs each")
     parser.add_argument("--profile", action="store_true", help="profile wem-der regardless")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")

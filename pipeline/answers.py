@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pipeline.codec import ApiAnswer
@@ -35,10 +35,16 @@ class KnownRefusal:
     pattern: re.Pattern[str]
 
     @classmethod
-    def from_settings(
-        cls, statuses: Collection[int], codes: Sequence[str], pattern: str
-    ) -> KnownRefusal:
-        return cls(frozenset(statuses), frozenset(codes), re.compile(pattern))
+    def already_exists(cls, codes: Sequence[str], pattern: str) -> KnownRefusal:
+        """A create refused because the NMI has a record: the statuses an API may use for
+        it [guess], then the configured codes or title pattern."""
+        return cls(frozenset({400, 409, 422}), frozenset(codes), re.compile(pattern))
+
+    @classmethod
+    def record_missing(cls, pattern: str) -> KnownRefusal:
+        """An update's 404 for an NMI with no record, as the register words it (AEMO's spec
+        example: "ID not found"), not a 404 for a path nobody serves."""
+        return cls(frozenset({404}), frozenset(), re.compile(pattern))
 
     def __call__(self, answer: ApiAnswer) -> bool:
         if answer.status not in self.statuses:

@@ -216,10 +216,10 @@ class TokenProvider:
 def _describe(answer: ApiAnswer) -> str:
     """`: title: detail` of the first error, or of an OAuth `error` member, for messages."""
     if answer.errors:
-        parts = [first_error(answer)]
+        text = first_error(answer)
     elif isinstance(answer.data, dict):
-        parts = [str(answer.data.get("error", "")), str(answer.data.get("error_description", ""))]
+        parts = (str(answer.data.get("error", "")), str(answer.data.get("error_description", "")))
+        text = ": ".join(p for p in parts if p)
     else:
-        parts = [answer.raw_excerpt[:120]]
-    text = ": ".join(p for p in parts if p)
+        text = answer.raw_excerpt[:120]
     return f": {text}" if text else ""

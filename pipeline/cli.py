@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import difflib
 import gc
-import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -25,8 +24,7 @@ from pipeline.errors import WemDerError
 from pipeline.guarded_output import Loss, guarded_output
 from pipeline.progress import Progress
 
-# What argparse itself takes for a negative number rather than an option.
-_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+# argparse's own errors that come before, and so hide, an unknown option.
 _HIDING_ERRORS = ("the following arguments are required", "unrecognized arguments")
 
 
@@ -35,7 +33,8 @@ class _CommandParser(argparse.ArgumentParser):
     it resembles.
 
     argparse checks required arguments before unknown ones: for `submit in.jsonl --outt x`
-    it would say only that --out is missing, and never name the typo.
+    it would say only that --out is missing, and never name the typo. Neither message
+    echoes a value: it may be a secret (`--client-secrett=...`).
     """
 
     _given: Sequence[str] = ()
@@ -44,23 +43,28 @@ class _CommandParser(argparse.ArgumentParser):
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         # The top-level parser calls this with the subcommand's own arguments.
-        self._given = list(sys.argv[1:] if args is None else args)
+        self._given = list(args or ())
         parsed, extras = super().parse_known_args(args, namespace)
-        if self._unknown_options():
-            self.error("unrecognized arguments: " + " ".join(extras))
+        unknown = self._unknown_options()
+        if unknown:
+            super().error(self._mistyped(unknown[0]))
         return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         unknown = self._unknown_options()
         # Only where argparse's own words would hide the typo: its other errors are about
-        # a known option's value, which may be a secret and is not echoed.
+        # a known option's value, which is not echoed.
         if unknown and message.startswith(_HIDING_ERRORS):
-            # Compared without dashes, or every long option resembles every other.
-            names = {option.lstrip("-"): option for option in self._option_string_actions}
-            meant = difflib.get_close_matches(unknown[0].lstrip("-"), names, n=1)
-            hint = f" (did you mean {names[meant[0]]}?)" if meant else ""
-            message = f"unrecognized option {unknown[0]}{hint}"
+            message = self._mistyped(unknown[0])
         super().error(message)
+
+    def _mistyped(self, name: str) -> str:
+        # Compared without dashes, or every long option resembles every other.
+        names = {option.lstrip("-"): option for option in self._option_string_actions}
+        meant = difflib.get_close_matches(name.lstrip("-"), names, n=1)
+        return f"unrecognized option {name}" + (
+            f" (did you mean {names[meant[0]]}?)" if meant else ""
+        )
 
     def _unknown_options(self) -> list[str]:
         known = self._option_string_actions
@@ -69,7 +73,8 @@ class _CommandParser(argparse.ArgumentParser):
             if arg == "--":
                 break
             name = arg.split("=", 1)[0]
-            if not name.startswith("-") or name == "-" or _NEGATIVE_NUMBER.match(name):
+            # What argparse itself takes for a negative number, by its own pattern.
+            if not name.startswith("-") or name == "-" or self._negative_number_matcher.match(name):
                 continue
             # allow_abbrev: argparse takes the prefix of one option for that option.
             if name not in known and not any(option.startswith(name) for option in known):
@@ -248,7 +253,7 @@ GC_YOUNG_THRESHOLD = 10_000
 
 def tune_gc() -> None:
     """Collect cyclic garbage at the pace of a run rather than CPython's default."""
-    # What start-up built (modules, parsers, the profile) lives as long as the process:
+    # What start-up built (modules, the parser) lives as long as the process:
     # frozen, it is left out of every later collection instead of traversed by each.
     gc.freeze()
     _, older, oldest = gc.get_threshold()
@@ -309,8 +314,7 @@ def _command(args: argparse.Namespace, stderr_loss: Loss) -> int:
 
         async def go() -> int:
             progress = Progress() if show_progress else None
-            hooks = commands.make_hooks(progress)
-            hooks.lost_output = stderr_loss.describe
+            hooks = commands.make_hooks(progress, lost_output=stderr_loss.describe)
             _install_stop(hooks.stop)
             return await commands.run_command(args, hooks, progress)
 
@@ -328,6 +332,6 @@ def _command(args: argparse.Namespace, stderr_loss: Loss) -> int:
         print(f"wem-der: {first}", file=sys.stderr)
         return first.exit_code
     except (KeyboardInterrupt, asyncio.CancelledError):
-        # Stopped before a run began (a run that has one says so through StoppedAtOnce).
+        # Stopped outside a run (a run stopped at once says so through StoppedAtOnce).
         print("wem-der: stopped", file=sys.stderr)
         return 3

@@ -152,7 +152,6 @@ def _from_headers(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
 def parse_answer(status: int, body: bytes, headers: Mapping[str, str]) -> ApiAnswer:
     """Read an HTTP answer tolerantly; never raises, whatever the body holds."""
     retry_after, header_txn = _from_headers(headers)
-    txn: str | None = None
     data: Any = None
     errors: list[dict[str, Any]] = []
     exceptions: list[dict[str, Any]] = []
@@ -163,7 +162,8 @@ def parse_answer(status: int, body: bytes, headers: Mapping[str, str]) -> ApiAns
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
             excerpt = body[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")[:EXCERPT_CHARS]
-    if not isinstance(doc, dict):
+    is_object = isinstance(doc, dict)
+    if not is_object:
         data = doc
     elif _ENVELOPE_KEYS & doc.keys():
         data = doc.get("data")
@@ -179,17 +179,14 @@ def parse_answer(status: int, body: bytes, headers: Mapping[str, str]) -> ApiAns
         errors = [_error(doc)]
     else:
         data = doc
-    if isinstance(doc, dict):
-        txn = _transaction_id(doc)
-    # Built once: a frozen answer rebuilt field by field costs more than the parse.
     return ApiAnswer(
         status,
-        txn,
-        data,
-        errors,
-        exceptions,
-        retry_after,
-        header_txn,
-        excerpt,
-        isinstance(doc, dict),
+        transaction_id=_transaction_id(doc) if is_object else None,
+        data=data,
+        errors=errors,
+        exceptions=exceptions,
+        retry_after=retry_after,
+        headers_transaction_id=header_txn,
+        raw_excerpt=excerpt,
+        json_object=is_object,
     )

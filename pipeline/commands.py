@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.errors import ConfigError, StoppedAtOnce
@@ -20,9 +21,10 @@ from pipeline.runs import chosen_run, find_run, ledger_path, settings_from
 from pipeline.sources import check_paths
 
 
-def make_hooks(progress: Progress | None) -> Hooks:
-    """How a run reports to the terminal: its id, corrections, notes, and the bar if any."""
-    hooks = Hooks()
+def make_hooks(progress: Progress | None, *, lost_output: Callable[[], str | None]) -> Hooks:
+    """How a run reports to the terminal: its id, corrections, notes, the bar if any, and
+    what stderr could not write (`lost_output`)."""
+    hooks = Hooks(lost_output=lost_output)
     if progress is not None:
         hooks.on_outcome = progress.on_outcome
 

@@ -98,6 +98,8 @@ class Engine:
         self._read_back_seqs = read_back_seqs or {}
         self._lineage = lineage
         self.abort: RunAborted | None = None
+        # Outcomes left not final in the ledger, for resume to finish: the records not sent,
+        # and the one whose answer stopped the run.
         self.not_sent = 0
         # Bounds the records held between the producer and the end of their submission
         # (queued or waiting behind an earlier record of the same NMI): backpressure.
@@ -162,8 +164,8 @@ class Engine:
             checked = self._preflight.check(seq, item)
             if isinstance(checked, OutcomeRecord):
                 self._finish(seq, checked)
-                # A file of invalid records sends nothing, so no begin_attempt paces the
-                # ledger's queue: wait for it here when it runs ahead of the disk.
+                # A file of invalid records sends nothing, so no begin_attempt yields to the
+                # loop that commits the ledger's queue: yield here once it has grown.
                 await self._ledger.drain()
                 continue
             chunk.append(checked)

@@ -25,30 +25,32 @@ from typing import IO, Any, TextIO, cast
 class Loss:
     """What one stream could not write: the first failure, and the lines dropped since."""
 
-    reason: str | None = None
-    at: datetime | None = None
+    failure: tuple[datetime, str] | None = None
     lines: int = 0
 
     def fail(self, reason: str) -> None:
-        self.reason = reason
-        self.at = datetime.now(UTC)
+        self.failure = (datetime.now(UTC), reason)
 
     def describe(self) -> str | None:
-        if self.reason is None or self.at is None:
+        if self.failure is None:
             return None
-        return f"{self.lines} lines not written from {self.at:%Y-%m-%dT%H:%M:%SZ}: {self.reason}"
+        at, reason = self.failure
+        return f"{self.lines} lines not written from {at:%Y-%m-%dT%H:%M:%SZ}: {reason}"
 
 
 class GuardedStream:
-    """A text or binary stream whose `write` and `flush` never raise `OSError`."""
+    """A text or binary stream whose `write` and `flush` never raise `OSError`; None is a
+    stream closed from the start (Python's standard stream whose descriptor was closed)."""
 
-    def __init__(self, stream: IO[Any], loss: Loss) -> None:
+    def __init__(self, stream: IO[Any] | None, loss: Loss) -> None:
         self._stream = stream
         self.loss = loss
         self._buffer: GuardedStream | None = None
+        if stream is None:
+            loss.fail("closed when the process started")
 
     def write(self, data: Any) -> int:
-        if self.loss.reason is None:
+        if self.loss.failure is None and self._stream is not None:
             try:
                 return int(self._stream.write(data))
             except OSError as exc:
@@ -57,21 +59,25 @@ class GuardedStream:
         return len(data)
 
     def flush(self) -> None:
-        if self.loss.reason is None:
+        if self.loss.failure is None and self._stream is not None:
             try:
                 self._stream.flush()
             except OSError as exc:
                 self._failed(exc)
 
+    def isatty(self) -> bool:
+        return self._stream is not None and self._stream.isatty()
+
     @property
     def buffer(self) -> GuardedStream:
         """The binary stream under a text one, guarded alike (structlog writes bytes to it)."""
         if self._buffer is None:
-            self._buffer = GuardedStream(self._stream.buffer, self.loss)  # type: ignore[attr-defined]
+            raw = None if self._stream is None else self._stream.buffer  # type: ignore[attr-defined]
+            self._buffer = GuardedStream(raw, self.loss)
         return self._buffer
 
     def __getattr__(self, name: str) -> Any:
-        # isatty, fileno, encoding...: the stream's own.
+        # fileno, encoding...: the stream's own.
         return getattr(self._stream, name)
 
     def _failed(self, exc: OSError) -> None:
@@ -81,28 +87,20 @@ class GuardedStream:
         with suppress(OSError, ValueError, AttributeError):
             null = os.open(os.devnull, os.O_WRONLY)
             try:
-                os.dup2(null, self._stream.fileno())
+                os.dup2(null, self._stream.fileno())  # type: ignore[union-attr]
             finally:
                 os.close(null)
 
 
 @contextmanager
 def guarded_output() -> Iterator[Loss]:
-    """Guard `sys.stdout` and `sys.stderr` while the block runs; yields stderr's `Loss`."""
+    """Guard `sys.stdout` and `sys.stderr` while the block runs; yields stderr's `Loss`,
+    the one a run reports (stdout's losses only cost the closing table)."""
     stdout, stderr = sys.stdout, sys.stderr
     loss = Loss()
-    with open(os.devnull, "w", encoding="utf-8") as null:
-        sys.stdout = _guarded(stdout, Loss(), null)
-        sys.stderr = _guarded(stderr, loss, null)
-        try:
-            yield loss
-        finally:
-            sys.stdout, sys.stderr = stdout, stderr
-
-
-def _guarded(stream: TextIO | None, loss: Loss, null: TextIO) -> TextIO:
-    # Python sets a standard stream whose descriptor was closed at start-up to None.
-    if stream is None:
-        loss.fail("closed when the process started")
-        stream = null
-    return cast(TextIO, GuardedStream(stream, loss))
+    sys.stdout = cast(TextIO, GuardedStream(stdout, Loss()))
+    sys.stderr = cast(TextIO, GuardedStream(stderr, loss))
+    try:
+        yield loss
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr

@@ -1,13 +1,14 @@
 """The ledger's group commit, run on the event loop's own thread.
 
-    event loop (holds the writing connection)                            ledger thread
-    begin_attempt, start_run, reads, flush ─┐  next iteration
-    finish_attempt, set_exists,             ├─> [queue] ─> batch: BEGIN IMMEDIATE
-      record_outcome (not awaited)         ─┘  or flush_interval_s      ops, in order
-    awaiting futures <─────────────────────────────────────── COMMIT
-                                                    WAL past checkpoint_pages ──> checkpoint
-    open ──────────────────────────────────────────────────────────────> open_ledger
-    close: commit what is queued ──────────────────────────────────────> checkpoint, close
+    event loop (holds the writing connection)                              ledger thread
+    begin_attempt, start_run, reads, flush ─┐      at the next iteration,
+    finish_attempt, set_exists,             ├─> [queue] ─> or after flush_interval_s:
+      record_outcome (not awaited)         ─┘      BEGIN (IMMEDIATE if it writes),
+                                                   the operations in order, COMMIT
+    awaiting futures <──── their results
+    WAL past checkpoint_pages ──────────────────────────────────────────> checkpoint
+    open ───────────────────────────────────────────────────────────────> open_ledger
+    close: commit what is queued ───────────────────────────────────────> checkpoint, close
 
 Group commit: operations are appended to a queue and run as one transaction per batch,
 between the loop's other callbacks. An awaited operation schedules a commit for the

@@ -105,12 +105,9 @@ def preflight_for(settings: Settings, kind: RecordKind) -> Preflight:
     return Preflight(kind, settings.allow_unknown_fields, enumerations)
 
 
-def _describe(settings: Settings, plan: RunPlan, out_dir: Path) -> None:
+def _write_run_json(settings: Settings, plan: RunPlan, out_dir: Path) -> None:
     """Write the `run.json` of a new run; the caller holds the lock of `out_dir`, so the
-    run.json of a live run is never replaced (`resume DIR` would resume the wrong run).
-
-    The state directory is the ledger's to create: it says clearly when it cannot.
-    """
+    run.json of a live run is never replaced (`resume DIR` would resume the wrong run)."""
     try:
         write_json_atomic(
             out_dir / "run.json", plan.as_json() | {"settings": settings.secret_free()}
@@ -200,10 +197,10 @@ def _submitter(
             max_delay_s=settings.max_delay_s,
         ),
         requested=Action(settings.action),
-        already_exists=KnownRefusal.from_settings(
-            {400, 409, 422}, settings.already_exists_codes, settings.already_exists_pattern
+        already_exists=KnownRefusal.already_exists(
+            settings.already_exists_codes, settings.already_exists_pattern
         ),
-        record_missing=KnownRefusal.from_settings({404}, (), settings.record_missing_pattern),
+        record_missing=KnownRefusal.record_missing(settings.record_missing_pattern),
         stop_after_forbidden=settings.stop_after_forbidden,
         sleep=interruptible(stop, sleep),
         clock=clock,
@@ -251,7 +248,7 @@ async def execute(
         # the directory of a live run is refused before it touches anything there.
         stack.enter_context(run_lock(out_dir))
         if not resume:
-            _describe(settings, plan, out_dir)
+            _write_run_json(settings, plan, out_dir)
         ledger = await stack.enter_async_context(Ledger(settings.state_dir / LEDGER_FILE))
         done, read_back = await _open_run(ledger, settings, plan, out_dir, resume)
         hooks.on_start(plan.run_id, out_dir)

@@ -120,7 +120,8 @@ class Submitter:
         self, method: str, url: str, body: EncodedBody | None
     ) -> tuple[ApiAnswer, str]:
         """One attempt: token, then quota, then the wire, so that the grant is the send time."""
-        token = await self._tokens.token()
+        # A refresh due now happens before the grant, not between the grant and the send.
+        await self._tokens.token()
         await self._limiter.acquire()
         # A quota wait or a Retry-After pause can outlast the token's refresh margin: ask
         # again, which costs nothing while it is fresh, rather than send it expired and
@@ -378,7 +379,7 @@ class Submitter:
                 # is not the register's "ID not found" came from a path nobody serves.
                 where = self._routes.collection(rec.kind)
                 raise Misconfigured(
-                    f"404 ({first_error(answer)}) on {action.value} at {where}: the base URL is"
+                    f"404{_quoted(answer)} on {action.value} at {where}: the base URL is"
                     " wrong; check --base-url / --nmi-base-url (or the profile's"
                     " record_missing_pattern, if the register words a missing NMI otherwise)"
                 )
@@ -411,7 +412,7 @@ class Submitter:
             return _Retry(retry_after, f"HTTP {status}")
         if verdict is Verdict.STOP_RUN:
             raise Misconfigured(
-                f"HTTP {status} ({first_error(answer)}) from the {rec.kind.value} API: the client"
+                f"HTTP {status}{_quoted(answer)} from the {rec.kind.value} API: the client"
                 " is misconfigured (URL, method, Content-Length or Content-Type); stopping the run"
             )
         if action is Action.CREATE and self._already_exists(answer):
@@ -426,6 +427,12 @@ class Submitter:
                     " ID or certificate is not entitled to this API; stopping the run"
                 )
         return _Final(Outcome.REJECTED, None)
+
+
+def _quoted(answer: ApiAnswer) -> str:
+    """` (title: detail)` of the answer's first error, for messages; "" if it has none."""
+    said = first_error(answer)
+    return f" ({said})" if said else ""
 
 
 @dataclass(frozen=True, slots=True)

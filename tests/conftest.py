@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 # Assertions in the end-to-end helpers explain themselves like those in test modules.
-pytest.register_assert_rewrite("tests.e2e")
+pytest.register_assert_rewrite("tests.e2e", "tests.leaks")
 
 from tests.e2e import Tap, install_tap  # noqa: E402 - after the rewrite hook is registered
 from tests.processes import Sim, simulator  # noqa: E402

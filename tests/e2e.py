@@ -17,7 +17,7 @@ import os
 import sys
 import time
 import zlib
-from asyncio.subprocess import PIPE
+from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -295,6 +295,10 @@ class Done:
     stdout: str
     stderr: str
 
+    def logs(self) -> list[dict[str, Any]]:
+        """The JSON log lines on stderr (--log-format json)."""
+        return [orjson.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
 
 def clean_environ() -> dict[str, str]:
     # The operator's own WEMDER_* settings must not leak into a test run.
@@ -302,11 +306,30 @@ def clean_environ() -> dict[str, str]:
 
 
 @asynccontextmanager
-async def cli(args: Sequence[str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m pipeline ARGS`; killed if the test leaves before it ends."""
+async def cli(
+    args: Sequence[str],
+    cwd: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    umask: int = -1,
+    stdin: int = PIPE,
+    stdout: int = PIPE,
+    stderr: int = PIPE,
+    redirect: str | None = None,
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m pipeline ARGS`; killed if the test leaves before it ends.
+
+    Each stream is PIPE, DEVNULL or a file descriptor. `env` goes on top of a WEMDER_-free
+    environment; `umask` -1 keeps ours. `redirect`, sh syntax such as `2>&-`, `>&-` or
+    `2>/dev/full`, is applied to the child's streams after those: the command then runs as
+    `sh -c 'exec "$@" REDIRECT' sh PYTHON -m pipeline ARGS`.
+    """
+    argv = [PYTHON, "-m", "pipeline", *args]
+    if redirect is not None:
+        argv = ["sh", "-c", f'exec "$@" {redirect}', "sh", *argv]
     proc = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "pipeline", *args, stdin=PIPE, stdout=PIPE, stderr=PIPE,
-        env=clean_environ(), cwd=cwd,
+        *argv, stdin=stdin, stdout=stdout, stderr=stderr,
+        env=clean_environ() | dict(env or {}), cwd=cwd, umask=umask,
     )  # fmt: skip
     try:
         yield proc
@@ -316,9 +339,35 @@ async def cli(args: Sequence[str], cwd: Path) -> AsyncIterator[asyncio.subproces
             await proc.wait()
 
 
-async def run_cli(args: Sequence[str], cwd: Path, stdin: bytes = b"") -> Done:
-    async with cli(args, cwd) as proc:
+async def run_cli(
+    args: Sequence[str],
+    cwd: Path,
+    stdin: bytes = b"",
+    *,
+    stdout: int = PIPE,
+    stderr: int = PIPE,
+    redirect: str | None = None,
+) -> Done:
+    """`python -m pipeline ARGS` to its end, `stdin` on its standard input; a stream given
+    as a file descriptor (not PIPE) is "" in the result. `redirect` as for `cli`."""
+    async with cli(args, cwd, stdout=stdout, stderr=stderr, redirect=redirect) as proc:
         out, err = await proc.communicate(stdin)
+        assert proc.returncode is not None
+        return Done(proc.returncode, (out or b"").decode(), (err or b"").decode())
+
+
+async def wem_der(
+    args: Sequence[str],
+    cwd: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    umask: int = -1,
+    timeout_s: float = 60,
+) -> Done:
+    """`python -m pipeline ARGS` to its end (killed after `timeout_s`), stdin empty, `env` on
+    top of a WEMDER_-free environment; `umask` -1 keeps ours."""
+    async with cli(args, cwd, env=env, umask=umask, stdin=DEVNULL) as proc:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
         assert proc.returncode is not None
         return Done(proc.returncode, out.decode(), err.decode())
 

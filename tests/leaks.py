@@ -93,6 +93,15 @@ def leaks(secrets: Secrets, places: Mapping[str, bytes]) -> list[str]:
     ]
 
 
+def assert_nothing_leaked(
+    secrets: Secrets, places: Mapping[str, bytes], *, must_include: str = "ledger.sqlite3"
+) -> None:
+    """No shape of `secrets` in any of `places`, among which is a file whose name ends with
+    `must_include` (the run's ledger, by default): proof that the scan saw the run's files."""
+    assert any(name.endswith(must_include) for name in places), sorted(places)
+    assert leaks(secrets, places) == []
+
+
 @contextlib.contextmanager
 def json_logs() -> Iterator[io.BytesIO]:
     """structlog rendering JSON lines into a buffer, as `wem-der --log-format json` does

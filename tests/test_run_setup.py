@@ -9,7 +9,6 @@ import gzip
 import io
 import os
 import stat
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,25 +26,11 @@ from pipeline.private_files import private_file, write_json_atomic
 from pipeline.progress import Progress, estimate_records
 from pipeline.runlock import run_lock
 from pipeline.runs import settings_from
-from tests.e2e import PYTHON, clean_environ, records, run_cli, write_jsonl
+from pipeline.simulator.testing import ManualClock
+from tests.e2e import records, run_cli, wem_der, write_jsonl
 
 LIVE_RUN = "20240101T000000Z-live01"
 CLI_TIMEOUT_S = 60
-
-
-def wem_der_with_env(
-    args: list[str], cwd: Path, env: dict[str, str]
-) -> subprocess.CompletedProcess[str]:
-    """`python -m pipeline ARGS` with `env` on top of a WEMDER_-free environment."""
-    return subprocess.run(
-        [PYTHON, "-m", "pipeline", *args],
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        env=clean_environ() | env,
-        cwd=cwd,
-        check=False,
-    )
 
 
 # -- the outcome directory of a live run ------------------------------------------------------
@@ -127,23 +112,23 @@ def test_regular_files_are_counted_when_plain_jsonl(
 
 
 @pytest.fixture
-def progress_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """progress.py's clock, set by the test (the event loop keeps the real one)."""
-    now = [0.0]
-    monkeypatch.setattr(progress_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    return now
+def progress_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    """progress.py's clock, moved by the test (the event loop keeps the real one)."""
+    clock = ManualClock(start=0.0)
+    monkeypatch.setattr(progress_module, "time", SimpleNamespace(monotonic=clock))
+    return clock
 
 
-async def test_the_rate_is_counted_from_start(progress_clock: list[float]) -> None:
+async def test_the_rate_is_counted_from_start(progress_clock: ManualClock) -> None:
     """The setup between building the bar and starting it sends nothing: it is not in the rate."""
     bar = Progress(total=10, stream=io.StringIO())
-    progress_clock[0] = 100.0  # settings, the inputs counted, the ledger opened
+    progress_clock.advance(100.0)  # settings, the inputs counted, the ledger opened
     bar.start()
     try:
         bar.on_outcome(
             OutcomeRecord(RecordKind.INSTALLATION, "8001000001", SourceRef("in"), Outcome.ACCEPTED)
         )
-        progress_clock[0] = 101.0
+        progress_clock.advance(1.0)
         line = bar.line()
     finally:
         await bar.stop()
@@ -155,12 +140,13 @@ async def test_the_rate_is_counted_from_start(progress_clock: list[float]) -> No
 # -- settings ----------------------------------------------------------------------------------
 
 
-def test_a_bad_rate_from_the_environment_is_a_clean_error(tmp_path: Path) -> None:
+async def test_a_bad_rate_from_the_environment_is_a_clean_error(tmp_path: Path) -> None:
     """WEMDER_RATE_LIMIT=bogus: exit 2 and a message naming the value, not a traceback."""
     path = write_jsonl(tmp_path / "in.jsonl", records(1))
     args = ["submit", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--no-progress"]
-    done = wem_der_with_env(args, tmp_path, {"WEMDER_RATE_LIMIT": "bogus"})
-    assert done.returncode == 2, done.stderr
+    env = {"WEMDER_RATE_LIMIT": "bogus"}
+    done = await wem_der(args, tmp_path, env=env, timeout_s=CLI_TIMEOUT_S)
+    assert done.code == 2, done.stderr
     assert "wem-der: invalid settings: rate_limit:" in done.stderr
     assert "WEMDER_RATE_LIMIT" in done.stderr
     assert "rate 'bogus' is not COUNT/PERIOD" in done.stderr
@@ -249,16 +235,29 @@ def test_what_argparse_accepts_is_not_taken_for_a_typo(argv: list[str]) -> None:
     assert build_parser().parse_args(argv).command == "submit"
 
 
-def test_a_refused_option_value_is_not_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "expected", "value"),
+    [
+        (
+            ["submit", "in.jsonl", "--out", "o", "--client-secret", "-s3"],
+            "--client-secret: expected one argument",
+            "-s3",
+        ),
+        # Nor the value of a mistyped one, which argparse alone listed in full.
+        (
+            ["submit", "in.jsonl", "--out", "o", "--client-secrett=s3cr3t"],
+            "unrecognized option --client-secrett (did you mean --client-secret?)",
+            "s3cr3t",
+        ),
+    ],
+    ids=["missing-value", "mistyped-option"],
+)
+def test_a_refused_option_value_is_not_echoed(
+    argv: list[str], expected: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A value argparse refuses may be a secret: the error names the option, not the value."""
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["submit", "in.jsonl", "--out", "o", "--client-secret", "-s3"])
+        build_parser().parse_args(argv)
     err = capsys.readouterr().err
-    assert "--client-secret: expected one argument" in err
-    assert "-s3" not in err
-    # Nor the value of a mistyped one, which argparse alone listed in full.
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["submit", "in.jsonl", "--out", "o", "--client-secrett=s3cr3t"])
-    err = capsys.readouterr().err
-    assert "unrecognized option --client-secrett (did you mean --client-secret?)" in err
-    assert "s3cr3t" not in err
+    assert expected in err
+    assert value not in err

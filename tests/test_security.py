@@ -14,13 +14,9 @@ import base64
 import os
 import ssl
 import stat
-from asyncio.subprocess import DEVNULL, PIPE
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 import trustme
 from pydantic import SecretStr
@@ -33,53 +29,18 @@ from pipeline.outcomes import Outcome
 from pipeline.simulator import Simulator
 from tests.e2e import (
     CLIENT_ID,
-    PYTHON,
-    clean_environ,
     endpoint_flags,
     read_summary,
     records,
     sim_settings,
+    wem_der,
     write_jsonl,
 )
-from tests.leaks import Secrets, everything_written, leaks, record_tokens
+from tests.leaks import Secrets, assert_nothing_leaked, everything_written, record_tokens
 from tests.scripted import Reply, serve
 
 # A client secret that nothing else in a run could contain by chance.
 DISTINCT = "wemder-sec-" + "Q9vX2kLp7" * 3
-
-
-@dataclass(frozen=True)
-class Done:
-    code: int
-    stdout: str
-    stderr: str
-
-    def logs(self) -> list[dict[str, Any]]:
-        """The JSON log lines on stderr (--log-format json)."""
-        return [orjson.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
-
-
-async def wem_der(
-    args: Sequence[str],
-    cwd: Path,
-    *,
-    env: Mapping[str, str] | None = None,
-    umask: int = -1,
-    timeout_s: float = 60,
-) -> Done:
-    """`python -m pipeline ARGS` to its end (killed after `timeout_s`); `umask` -1 keeps ours."""
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "pipeline", *args, stdin=DEVNULL, stdout=PIPE, stderr=PIPE,
-        env=clean_environ() | dict(env or {}), cwd=cwd, umask=umask,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return Done(proc.returncode, out.decode(), err.decode())
 
 
 # -- the secret and the tokens ------------------------------------------------------------
@@ -113,8 +74,7 @@ async def test_the_secret_and_the_tokens_show_nowhere(
         assert expect in done.stdout + done.stderr
     assert bool(secrets.tokens) == (scenario != "credentials refused")
     written = everything_written(done, tmp_path, skip=[tmp_path / "secret.txt"])
-    assert any(name.endswith("ledger.sqlite3") for name in written)
-    assert leaks(secrets, written) == []
+    assert_nothing_leaked(secrets, written)
 
 
 async def test_a_token_endpoint_that_echoes_the_credentials(tmp_path: Path) -> None:
@@ -144,7 +104,7 @@ async def test_a_token_endpoint_that_echoes_the_credentials(tmp_path: Path) -> N
     assert seen == ["/oauth/token"]  # refused credentials are not tried again
     assert "Authorization failed for 'Basic ***' (secret ***)" in done.stdout
     written = everything_written(done, tmp_path, skip=[tmp_path / "secret.txt"])
-    assert leaks(secrets, written) == []
+    assert_nothing_leaked(secrets, written)
 
 
 @pytest.mark.parametrize(
