@@ -103,4 +103,8 @@ def guarded_output() -> Iterator[Loss]:
     try:
         yield loss
     finally:
+        # What print() left buffered would otherwise be written by the interpreter's last
+        # flush, where a failure turns the exit status into 120: flush it here, guarded.
+        sys.stdout.flush()
+        sys.stderr.flush()
         sys.stdout, sys.stderr = stdout, stderr
