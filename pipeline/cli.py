@@ -136,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "paths", nargs="+", metavar="PATH", help="JSONL or JSON array, .gz ok, - for stdin"
     )
-    p.add_argument("--out", type=Path, required=True, help="outcome directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="outcome directory: new, or a finished run's (whose files this run replaces)",
+    )
     p.add_argument("--kind", choices=["installation", "nmi"], default="installation")
     p.add_argument("--force", action="store_true", help="send records unchanged since last time")
     p.add_argument("--dry-run", action="store_true", help="validate and estimate; no network")

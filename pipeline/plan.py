@@ -13,13 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from pipeline.diff import field_changes
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 from pipeline.ledger import Ledger
 from pipeline.models import RecordKind
 from pipeline.outcomes import SourceItem
 from pipeline.preflight import nmi_of
 from pipeline.sources import iter_items
+
+RUN_JSON = "run.json"
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,20 @@ class RunPlan:
                 for path, stat in (obj.get("input_fingerprints") or {}).items()
             ),
         )
+
+
+def read_run_json(out_dir: Path) -> dict[str, Any] | None:
+    """The `run.json` in `out_dir`: the run whose outcome files it holds (None: no run's)."""
+    path = out_dir / RUN_JSON
+    try:
+        found = orjson.loads(path.read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read as a run description: {exc}") from None
+    if not isinstance(found, dict) or not isinstance(found.get("run_id"), str):
+        raise ConfigError(f"{path} is not the run.json of a wem-der run")
+    return found
 
 
 def absolute(paths: Sequence[str]) -> tuple[str, ...]:

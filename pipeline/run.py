@@ -32,7 +32,7 @@ from pipeline.ledger import Ledger
 from pipeline.limiter import QuotaLimiter, parse_rate
 from pipeline.models import RecordKind
 from pipeline.outcomes import Action, Outcome, OutcomeRecord
-from pipeline.plan import RunPlan, plan_items
+from pipeline.plan import RUN_JSON, RunPlan, plan_items, read_run_json
 from pipeline.preflight import Preflight
 from pipeline.private_files import write_json_atomic
 from pipeline.retry import RetryPolicy
@@ -105,13 +105,50 @@ def preflight_for(settings: Settings, kind: RecordKind) -> Preflight:
     return Preflight(kind, settings.allow_unknown_fields, enumerations)
 
 
-def _write_run_json(settings: Settings, plan: RunPlan, out_dir: Path) -> None:
-    """Write the `run.json` of a new run; the caller holds the lock of `out_dir`, so the
-    run.json of a live run is never replaced (`resume DIR` would resume the wrong run)."""
-    try:
-        write_json_atomic(
-            out_dir / "run.json", plan.as_json() | {"settings": settings.secret_free()}
+async def _take_directory(
+    ledger: Ledger, plan: RunPlan, out_dir: Path, *, resume: bool, on_note: Callable[[str], None]
+) -> None:
+    """Make `out_dir` this run's; the caller holds its lock, so no run is live there.
+
+    An outcome directory holds the files of one run, the one its `run.json` names. A new
+    run may replace a finished run's files (the ledger keeps its outcomes), but not those
+    of a run that did not finish: `resume` finishes that run there, and `resume DIR` would
+    otherwise pick up the newcomer. A resume never writes over the files of another run.
+    """
+    held = read_run_json(out_dir)
+    if held is None or held["run_id"] == plan.run_id:
+        return
+    other = held["run_id"]
+    if resume:
+        raise ConfigError(
+            f"the outcome directory {out_dir} now holds run {other}, so run {plan.run_id}"
+            f" cannot go on there; its outcomes are in the ledger: wem-der report {plan.run_id}"
         )
+    row = await ledger.get_run(other)
+    if row is None:
+        raise ConfigError(
+            f"the outcome directory {out_dir} holds run {other}, which this ledger does not"
+            " know: a run of another register or --state-dir (choose another --out), or one"
+            f" killed before it began (`wem-der resume {out_dir}` starts it)"
+        )
+    if row.status != "finished":
+        # No live run holds the lock, so one the ledger still calls running died in it.
+        state = "killed, or stopped at once" if row.status == "running" else row.status
+        raise ConfigError(
+            f"the outcome directory {out_dir} holds run {other}, which did not finish ({state}):"
+            f" `wem-der resume {other}` finishes it there; to start a new run, choose another"
+            " --out"
+        )
+    on_note(
+        f"{out_dir} held run {other} (finished): its outcome files are replaced, its outcomes"
+        f" stay in the ledger (wem-der report {other})"
+    )
+
+
+def _write_run_json(settings: Settings, plan: RunPlan, out_dir: Path) -> None:
+    """Write the `run.json` of a new run (in a directory `_take_directory` has made its)."""
+    try:
+        write_json_atomic(out_dir / RUN_JSON, plan.as_json() | {"settings": settings.secret_free()})
     except OSError as exc:
         raise ConfigError(
             f"cannot write the outcome directory {out_dir}: {exc.strerror}; check --out"
@@ -247,9 +284,10 @@ async def execute(
         # The lock first (it creates the outcome directory, owner only): a run started on
         # the directory of a live run is refused before it touches anything there.
         stack.enter_context(run_lock(out_dir))
+        ledger = await stack.enter_async_context(Ledger(settings.state_dir / LEDGER_FILE))
+        await _take_directory(ledger, plan, out_dir, resume=resume, on_note=hooks.on_note)
         if not resume:
             _write_run_json(settings, plan, out_dir)
-        ledger = await stack.enter_async_context(Ledger(settings.state_dir / LEDGER_FILE))
         done, read_back = await _open_run(ledger, settings, plan, out_dir, resume)
         hooks.on_start(plan.run_id, out_dir)
         ep = await stack.enter_async_context(endpoints(settings))

@@ -11,14 +11,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from pipeline.config import SECRET_FIELDS, Settings, load_settings, read_secret_file
 from pipeline.errors import ConfigError
 from pipeline.ledger import Ledger
 from pipeline.models import RecordKind
 from pipeline.outcomes import Outcome
-from pipeline.plan import RunPlan, absolute, check_unchanged, fingerprint
+from pipeline.plan import RunPlan, absolute, check_unchanged, fingerprint, read_run_json
 from pipeline.run import LEDGER_FILE, new_run_id
 from pipeline.sources import check_paths
 
@@ -83,21 +81,13 @@ def settings_from(
 
 def _run_file(ref: str) -> dict[str, Any] | None:
     """The `run.json` of an outcome directory, when `ref` names one; None for a run id."""
-    path = Path(ref) / "run.json"
-    if not path.is_file():
-        if Path(ref).is_dir() or "/" in ref:
-            raise ConfigError(
-                f"{ref} holds no run.json, so it is not the outcome directory of a run (a run"
-                " killed before it wrote run.json sent nothing: submit again)"
-            )
-        return None
-    try:
-        found = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} cannot be read as a run description: {exc}") from None
-    if not isinstance(found, dict) or "run_id" not in found:
-        raise ConfigError(f"{path} is not the run.json of a wem-der run")
-    return dict(found)
+    found = read_run_json(Path(ref))
+    if found is None and (Path(ref).is_dir() or "/" in ref):
+        raise ConfigError(
+            f"{ref} holds no run.json, so it is not the outcome directory of a run (a run"
+            " killed before it wrote run.json sent nothing: submit again)"
+        )
+    return found
 
 
 def _ledgers(args: argparse.Namespace, found: dict[str, Any] | None) -> list[Path]:

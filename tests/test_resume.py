@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from pipeline.ledger import Ledger
@@ -299,3 +300,82 @@ def test_resume_of_an_unknown_run_says_so(tmp_path: Path) -> None:
     assert nowhere.code == 2
     assert "no ledger at" in nowhere.stderr
     assert not (tmp_path / "s").exists()  # looking did not create an empty ledger
+
+
+def test_a_new_run_replaces_a_finished_runs_files_and_says_so(
+    register: Sim, tmp_path: Path
+) -> None:
+    """A finished run's outcomes stay in the ledger; only its files make way, with a note,
+    and it can no longer be resumed into the directory that another run now holds."""
+    out, state = tmp_path / "out", tmp_path / "state"
+    first = write_jsonl(tmp_path / "first.jsonl", records(5000)[:6])
+    second = write_jsonl(tmp_path / "second.jsonl", records(6000)[:4])
+    assert wem_der("submit", str(first), "--out", str(out), *register.flags(state)).code == 0
+    first_id = run_id_of(out)
+
+    replaced = wem_der("submit", str(second), "--out", str(out), *register.flags(state))
+    report = wem_der("report", first_id, "--state-dir", str(state), "--format", "json")
+    resumed = wem_der(*resume_args(first_id, register), "--state-dir", str(state))
+
+    assert replaced.code == 0, replaced.output
+    assert (
+        f"note: {out} held run {first_id} (finished): its outcome files are replaced"
+        in replaced.stderr
+    )
+    assert run_id_of(out) != first_id
+    assert len(outcome_lines(out)) == 4
+    assert report.code == 0, report.output
+    assert sum(orjson.loads(report.stdout)["outcomes"].values()) == 6
+    assert resumed.code == 2
+    assert f"now holds run {run_id_of(out)}, so run {first_id} cannot go on there" in (
+        resumed.stderr
+    )
+    assert len(outcome_lines(out)) == 4
+
+
+def test_a_new_run_is_refused_the_directory_of_a_killed_run(register: Sim, tmp_path: Path) -> None:
+    """`submit` again where a run was killed would hide that run from `resume DIR` and drop
+    its files: it is refused, touching nothing, and the resume it names finishes the run."""
+    inputs = write_jsonl(tmp_path / "in.jsonl", records(7000))
+    out, state = tmp_path / "out", tmp_path / "state"
+    submit_args = ["submit", str(inputs), "--out", str(out), *register.flags(state)]
+    proc = start(*submit_args, "--rate-limit", "50/1s", log=tmp_path / "run.log")
+    try:
+        wait_until(proc, partial(has_lines, out, 1), timeout_s=30, what="a first outcome")
+        kill9(proc)
+    finally:
+        stop(proc)
+    killed_id = run_id_of(out)
+    lines = outcome_lines(out)
+    before = register.stats()["der_requests_received"]
+
+    refused = wem_der(*submit_args)
+
+    assert refused.code == 2
+    assert (
+        f"holds run {killed_id}, which did not finish (killed, or stopped at once):"
+        f" `wem-der resume {killed_id}` finishes it there; to start a new run, choose another"
+        " --out"
+    ) in refused.stderr
+    assert "Traceback" not in refused.output
+    assert register.stats()["der_requests_received"] == before
+    assert run_id_of(out) == killed_id
+    assert outcome_lines(out) == lines
+    finished = wem_der(*resume_args(str(out), register))
+    assert finished.code == 0, finished.output
+    assert_every_input_once(out, inputs, killed_id, "create")
+
+
+def test_a_run_this_ledger_does_not_know_keeps_its_directory(register: Sim, tmp_path: Path) -> None:
+    """A directory whose run.json names a run of another ledger is not taken over blind."""
+    inputs = write_jsonl(tmp_path / "in.jsonl", records(8000)[:3])
+    out = tmp_path / "out"
+    submit_args = ["submit", str(inputs), "--out", str(out)]
+    assert wem_der(*submit_args, *register.flags(tmp_path / "one")).code == 0
+    first_id = run_id_of(out)
+
+    refused = wem_der(*submit_args, *register.flags(tmp_path / "two"))
+
+    assert refused.code == 2
+    assert f"holds run {first_id}, which this ledger does not know" in refused.stderr
+    assert run_id_of(out) == first_id
