@@ -51,6 +51,8 @@ from tests.e2e import (
 from tests.leaks import Secrets, assert_nothing_leaked, files_under, json_logs, record_tokens
 from tests.register import unstamped
 
+pytestmark = pytest.mark.usefixtures("run_gc")
+
 FAULTS = Path(pipeline.simulator.__file__).parent / "data" / "faults"
 RECORDS = 100
 CONDITIONAL_EVERY = 10  # every tenth record uses an inverter the register flags (code 2023)

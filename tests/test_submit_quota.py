@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from pipeline.outcomes import OutcomeRecord
 from pipeline.run import Hooks
 from pipeline.simulator import FaultProfile, Simulator
@@ -23,6 +25,8 @@ from tests.e2e import (
     submit,
     write_jsonl,
 )
+
+pytestmark = pytest.mark.usefixtures("run_gc")
 
 
 def seed_throttling(rate: float, wanted: Callable[[list[int]], bool], draws: int) -> int:
