@@ -7,8 +7,11 @@ looks inside an element beyond that, so a broken element is orjson's to describe
 
 Regular expressions carry the scan: one match skips a whole run of bytes that cannot change
 the depth (whole strings and whole nested groups included), so the Python loop turns about
-once per element rather than once per byte. Their possessive quantifiers (Python 3.11+)
-cannot backtrack, so no input makes them slow.
+once per element rather than once per byte. No repetition in them can backtrack (Python
+3.11+), so no input makes them slow: one of a single byte class is possessive (`++`), one
+of a larger pattern is greedy inside an atomic group, `(?>(?:...)*)`. The two mean the
+same, but a possessive quantifier on a larger pattern could keep part of an iteration that
+failed before Python 3.11.5 (CPython gh-106052), which split arrays wrongly on 3.11.2.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 _QUOTE, _COMMA, _OPEN, _CLOSE = ord('"'), ord(","), ord("["), ord("]")
 _OPENERS = frozenset(b"[{")
 
-_STRING = rb'"(?:[^"\\]++|\\.)*+"'
+_STRING = rb'"(?>(?:[^"\\]++|\\.)*)"'
 
 
 def _run_pattern(plain: bytes, levels: int) -> re.Pattern[bytes]:
@@ -27,11 +30,11 @@ def _run_pattern(plain: bytes, levels: int) -> re.Pattern[bytes]:
     bracket groups nested up to `levels` deep. A group that is not complete yet is not part of
     the run, so the run stops at its opening bracket.
     """
-    group = rb'(?:[^"\[\]{}]++|' + _STRING + rb")*+"
+    group = rb'(?>(?:[^"\[\]{}]++|' + _STRING + rb")*)"
     for _ in range(levels - 1):
-        group = rb'(?:[^"\[\]{}]++|' + _STRING + rb"|[\[{]" + group + rb"[\]}])*+"
+        group = rb'(?>(?:[^"\[\]{}]++|' + _STRING + rb"|[\[{]" + group + rb"[\]}])*)"
     return re.compile(
-        rb"(?:" + plain + rb"|" + _STRING + rb"|[\[{]" + group + rb"[\]}])*+", re.DOTALL
+        rb"(?>(?:" + plain + rb"|" + _STRING + rb"|[\[{]" + group + rb"[\]}])*)", re.DOTALL
     )
 
 
@@ -43,7 +46,7 @@ _INNER = _run_pattern(rb'[^"\[\]{}]++', _LEVELS)
 _TOP = _run_pattern(rb'[^"\[\]{},]++', _LEVELS)
 # The rest of a string whose opening quote was seen; stops before the closing quote, or
 # before a backslash that is the last byte so far (its escaped byte comes with more input).
-_STRING_REST = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)
+_STRING_REST = re.compile(rb'(?>(?:[^"\\]++|\\.)*)', re.DOTALL)
 # JSON's whitespace is exactly these four (RFC 8259, section 2).
 _NON_WS = re.compile(rb"[^ \t\r\n]")
 _WS = b" \t\r\n"

@@ -843,6 +843,23 @@ def _random_value(rng: random.Random, depth: int = 0) -> str:
     return "[" + ",".join(_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))) + "]"
 
 
+@pytest.mark.parametrize("size", [1, 3, 7, 64, 4096])
+def test_the_splitter_agrees_with_a_full_parse_however_the_input_is_chunked(size: int) -> None:
+    """Over 300 seeded random arrays, some nested deeper than one regex match reaches, each
+    element is what the standard library finds reading the whole array, at any chunking."""
+    rng = random.Random(size)
+    for _ in range(300):
+        values = [_random_value(rng) for _ in range(rng.randint(0, 6))]
+        values += ["[" * 10 + value + "]" * 10 for value in values[: rng.randint(0, 2)]]
+        rng.shuffle(values)
+        data = ("[" + rng.choice([",", ",\n ", " , "]).join(values) + "]").encode()
+        events = split(data, size, limit=len(data))
+        assert [json.loads(e.data) for e in events if isinstance(e, Element)] == json.loads(data), (
+            data
+        )
+        assert all(isinstance(e, Element) for e in events), data
+
+
 def test_the_counting_check_agrees_with_a_full_parse(tmp_path: Path) -> None:
     """Over 3000 seeded random records, duplicate keys and long integers are found exactly
     where the standard library, reading everything, finds them; no other record is refused."""
