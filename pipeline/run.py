@@ -132,8 +132,9 @@ async def _take_directory(
             f" killed before it began (`wem-der resume {out_dir}` starts it)"
         )
     if row.status != "finished":
-        # No live run holds the lock, so one the ledger still calls running died in it.
-        state = "killed, or stopped at once" if row.status == "running" else row.status
+        # No live run holds the lock, so one the ledger still calls running ended early:
+        # killed, a second Ctrl-C, or an error such as a full disk.
+        state = "killed, stopped at once or by an error" if row.status == "running" else row.status
         raise ConfigError(
             f"the outcome directory {out_dir} holds run {other}, which did not finish ({state}):"
             f" `wem-der resume {other}` finishes it there; to start a new run, choose another"

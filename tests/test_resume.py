@@ -353,7 +353,7 @@ def test_a_new_run_is_refused_the_directory_of_a_killed_run(register: Sim, tmp_p
 
     assert refused.code == 2
     assert (
-        f"holds run {killed_id}, which did not finish (killed, or stopped at once):"
+        f"holds run {killed_id}, which did not finish (killed, stopped at once or by an error):"
         f" `wem-der resume {killed_id}` finishes it there; to start a new run, choose another"
         " --out"
     ) in refused.stderr
