@@ -1,14 +1,15 @@
 """The quota: how many requests may start, and when.
 
 AEMO allows 6000 requests per minute on the DER APIs and answers 429 above it
-(API-NOTES, Limits). The pipeline's invariant: no window of the period ever holds more
-than COUNT requests on the wire, counting every attempt, retry and replay, from the first
-second of a run; and with work waiting, steady state uses at least 98% of the quota.
+(docs/aemo-contract.md, "Limits and quota"). The pipeline's invariant: no window of the
+period ever holds more than COUNT requests on the wire, counting every attempt, retry and
+replay, from the first second of a run; and with work waiting, steady state uses at least
+98% of the quota.
 
 A leaky bucket cannot give that: its burst and its drip add up, so
 `aiolimiter.AsyncLimiter(6000, 60)` admits about 12,000 requests in the first minute
-(PITFALLS, Rate limiting). This module keeps an exact sliding-window log instead, the
-start time of every request still inside the window:
+(docs/pitfalls.md, "Rate limiting"). This module keeps an exact sliding-window log instead,
+the start time of every request still inside the window:
 
     acquire() --nobody queued and room now--> record the start, return (no lock, no await)
               --otherwise--> FIFO lock --> sleep exactly until the oldest start leaves the

@@ -24,7 +24,7 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, with_con
 from typing_extensions import TypedDict
 
 # Fields the register maintains and returns; a client that sends them is confused about
-# which side owns them (API-NOTES.md, "Server-maintained fields").
+# which side owns them (docs/aemo-contract.md, "Server-maintained fields").
 SERVER_FIELDS = frozenset(
     {
         "recordCreationDate",

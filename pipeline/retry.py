@@ -4,10 +4,10 @@
     exception   --isinstance(exc, RETRYABLE_EXCEPTIONS)--> retry; anything else propagates
     a retry     --Budget.next_delay()--> seconds to wait, or None: the record's budget is spent
 
-The status table follows AEMO's WEM DER API Reference as summarised in API-NOTES
-(Responses). Waits use exponential backoff with full jitter, and a Retry-After, when the
-server sends one, is a floor under the wait. Sleeping and the quota are the caller's
-business: every attempt, retries included, goes through the limiter.
+The status table follows AEMO's WEM DER API Reference as docs/aemo-contract.md states it
+("Responses and statuses"). Waits use exponential backoff with full jitter, and a
+Retry-After, when the server sends one, is a floor under the wait. Sleeping and the quota
+are the caller's business: every attempt, retries included, goes through the limiter.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def test_policy_rejects_impossible_settings(kwargs: dict[str, float]) -> None:
     ],
 )
 def test_classify_maps_statuses_to_verdicts(status: int, verdict: Verdict) -> None:
-    """The status table of API-NOTES (Responses)."""
+    """The status table of docs/aemo-contract.md ("Responses and statuses")."""
     assert classify(status) is verdict
 
 

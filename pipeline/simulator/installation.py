@@ -14,7 +14,6 @@ from pipeline.simulator.body import read_json
 from pipeline.simulator.envelope import ApiError, success
 from pipeline.simulator.records import history_entries, perth_now, stamp_installation
 from pipeline.simulator.rules import Operation, RuleContext
-from pipeline.simulator.schema import installation_from_body
 from pipeline.simulator.search import parse_query, search
 from pipeline.simulator.state import STATE, SimState
 from pipeline.simulator.store import JsonObject, Version
@@ -63,7 +62,8 @@ def _apply(
 async def create(request: web.Request) -> web.Response:
     """POST /installation: the first installation for an NMI."""
     state = request.app[STATE]
-    record = installation_from_body(await read_json(request, state.settings.max_body_bytes))
+    body = await read_json(request, state.settings.max_body_bytes)
+    record = state.schema.check("installation.create", body)["data"]
     previous = state.store.installation(record["nmi"])
     version = _apply(state, record, "installation.create", previous)
     return _ok(state.settings.create_status, version)
@@ -73,7 +73,8 @@ async def update(request: web.Request) -> web.Response:
     """PUT /installation/{nmi}: the whole record replaces the stored one [guess]."""
     state = request.app[STATE]
     nmi = request.match_info["nmi"]
-    record = installation_from_body(await read_json(request, state.settings.max_body_bytes))
+    body = await read_json(request, state.settings.max_body_bytes)
+    record = state.schema.check("installation.update", body)["data"]
     if record["nmi"] != nmi:
         raise ApiError.one(
             400, f"data.nmi {record['nmi']!r} does not match the NMI in the path {nmi!r}"

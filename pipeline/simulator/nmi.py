@@ -13,7 +13,6 @@ from pipeline.simulator.body import read_json
 from pipeline.simulator.envelope import ApiError, success
 from pipeline.simulator.records import perth_now, stamp_nmi
 from pipeline.simulator.rules import Operation, RuleContext
-from pipeline.simulator.schema import nmi_from_body
 from pipeline.simulator.state import STATE, SimState
 from pipeline.simulator.store import JsonObject
 
@@ -40,7 +39,8 @@ def _save(
 async def create(request: web.Request) -> web.Response:
     """POST /nmi-details: a new NMI record."""
     state = request.app[STATE]
-    record = nmi_from_body(await read_json(request, state.settings.max_body_bytes))
+    body = await read_json(request, state.settings.max_body_bytes)
+    record = state.schema.check("nmi.create", body)
     saved = _save(state, record, "nmi.create", state.store.nmi(record["nmi"]))
     return success(state.settings.create_status, data=saved)
 
@@ -49,7 +49,8 @@ async def update(request: web.Request) -> web.Response:
     """PUT /nmi-details/{nmi}: replace an NMI record."""
     state = request.app[STATE]
     nmi = request.match_info["nmi"]
-    record = nmi_from_body(await read_json(request, state.settings.max_body_bytes))
+    body = await read_json(request, state.settings.max_body_bytes)
+    record = state.schema.check("nmi.update", body)
     if record["nmi"] != nmi:
         raise ApiError.one(400, f"nmi {record['nmi']!r} does not match the NMI in the path {nmi!r}")
     previous = state.store.nmi(nmi)

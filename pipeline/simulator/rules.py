@@ -6,8 +6,8 @@ templates, parameters, on/off) is data; each check is a small generator register
 under the rule's id, yielding the values its template may use. The meanings are simulated:
 AEMO does not publish them (see the header of `data/rules.toml`).
 
-Checks run on records that passed `validate_record`, so types are right and optional
-fields may be absent or null.
+Checks run on records that passed the body schema (schema.py), so types are right and
+optional fields may be absent or null.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.simulator.store import JsonObject
-from pipeline.validation import json_path
 
 Operation = Literal["installation.create", "installation.update", "nmi.create", "nmi.update"]
 Values = dict[str, object]
@@ -129,7 +128,7 @@ def _future_date(record: JsonObject, ctx: RuleContext, _: Mapping[str, Any]) -> 
         value = conn.get("commissioningDate")
         # yyyy-mm-dd strings order as the dates do.
         if value is not None and value > ctx.today:
-            path = json_path(("acConnections", i, "commissioningDate"))
+            path = f"acConnections[{i}].commissioningDate"
             yield {"path": path, "value": value, "today": ctx.today}
 
 
@@ -153,7 +152,7 @@ def _phases(record: JsonObject, _: RuleContext, __: Mapping[str, Any]) -> Iterat
 def _no_devices(record: JsonObject, _: RuleContext, __: Mapping[str, Any]) -> Iterator[Values]:
     for i, conn in enumerate(_connections(record)):
         if not conn.get("devices"):
-            yield {"path": json_path(("acConnections", i, "devices"))}
+            yield {"path": f"acConnections[{i}].devices"}
 
 
 @_second("unapproved_inverter", "manufacturerName", "modelNumber")
@@ -167,8 +166,7 @@ def _unapproved(record: JsonObject, params: Mapping[str, Any]) -> Iterator[Findi
         maker, model = details.get("manufacturerName"), details.get("modelNumber")
         if (maker, model) in listed or (prefix and model and model.startswith(prefix)):
             attributes = tuple(
-                json_path(("acConnections", i, "details", name))
-                for name in ("manufacturerName", "modelNumber")
+                f"acConnections[{i}].details.{name}" for name in ("manufacturerName", "modelNumber")
             )
             yield Finding(i, None, attributes, {"manufacturerName": maker, "modelNumber": model})
 
@@ -190,10 +188,8 @@ def _device_capacity(record: JsonObject, _: Mapping[str, Any]) -> Iterator[Findi
         for j, device in enumerate(conn.get("devices") or ()):
             capacity = (device.get("details") or {}).get("nominalRatedCapacity")
             if capacity is not None and capacity > limit:
-                path = json_path(
-                    ("acConnections", i, "devices", j, "details", "nominalRatedCapacity")
-                )
-                conn_path = json_path(("acConnections", i, "equipmentInjectionCapacity"))
+                path = f"acConnections[{i}].devices[{j}].details.nominalRatedCapacity"
+                conn_path = f"acConnections[{i}].equipmentInjectionCapacity"
                 values: Values = {"path": path, "capacity": capacity, "connection_capacity": limit}
                 yield Finding(i, j, (path, conn_path), values)
 

@@ -11,14 +11,13 @@ each matching when any connection (or device) of the installation matches.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date
 from typing import Any
 
 from pipeline.simulator.envelope import ApiError
 from pipeline.simulator.records import installation_stage
+from pipeline.simulator.schema import is_date
 from pipeline.simulator.store import JsonObject, Store
 
 FILTERS = (
@@ -31,7 +30,6 @@ FILTERS = (
 )
 PAGE_SIZES = (25, 50, 100)
 _STAGES = ("Confirmed", "Conditional")
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +47,8 @@ class Query:
 
 
 def _date(name: str, value: str | None) -> str | None:
-    if value is None:
-        return None
-    if _DATE.fullmatch(value):
-        try:
-            date.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            return value
+    if value is None or is_date(value):
+        return value
     raise ApiError.one(400, f"{name} must be a date as yyyy-mm-dd, not {value!r}")
 
 

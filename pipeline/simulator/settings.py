@@ -91,3 +91,4 @@ class SimulatorSettings(BaseModel):
     # The X-market value required; None accepts any non-empty value.
     market: str | None = "WEM"
     rules_file: Path | None = None  # None: the bundled data/rules.toml
+    schema_file: Path | None = None  # None: the bundled data/schema.toml

@@ -2,9 +2,10 @@
 
 Reads are served from memory (loaded once at open), so the request path never reads the
 file. Writes are executed at once inside an open transaction and committed shortly after,
-in one commit for everything written meanwhile: a commit per request would cost an fsync
-each on the event loop (PITFALLS.md, "SQLite from asyncio"). `close()` commits what is left,
-so a clean stop loses nothing; a kill loses at most the last `commit_delay_s` of writes.
+in one commit for everything written meanwhile: a commit per request would hold up the
+event loop on every request (docs/pitfalls.md, "SQLite from asyncio"). `close()` commits
+what is left, so a clean stop loses nothing; a kill loses at most the last
+`commit_delay_s` of writes.
 """
 
 from __future__ import annotations

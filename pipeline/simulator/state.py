@@ -1,7 +1,7 @@
 """The simulator's state, shared by every handler through the application.
 
 One `SimState` per running simulator holds the components (store, quota, tokens, faults,
-rules), the injected clock and sleep, and the counters behind `GET /_sim/stats`.
+rules, body schema), the injected clock and sleep, and the counters behind `GET /_sim/stats`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from aiohttp import web
 from pipeline.simulator.faults import FaultInjector
 from pipeline.simulator.quota import SlidingWindowQuota
 from pipeline.simulator.rules import RuleTable
+from pipeline.simulator.schema import BodySchema
 from pipeline.simulator.settings import SimulatorSettings
 from pipeline.simulator.store import Store
 from pipeline.simulator.tokens import TokenIssuer
@@ -53,6 +54,7 @@ class SimState:
     tokens: TokenIssuer
     faults: FaultInjector
     rules: RuleTable
+    schema: BodySchema
     started_at: float
     stats: Stats = field(default_factory=Stats)
 
@@ -79,6 +81,7 @@ class SimState:
             ),
             faults=FaultInjector(profile, seed=settings.seed, started_at=started_at),
             rules=RuleTable.from_file(settings.rules_file),
+            schema=BodySchema.from_file(settings.schema_file),
             started_at=started_at,
         )
 
