@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import structlog
 
 from pipeline import __version__
+from pipeline.display import escape_log_values, shown
 from pipeline.errors import WemDerError
 from pipeline.guarded_output import Loss, guarded_output
 from pipeline.progress import Progress
@@ -236,6 +237,8 @@ def configure_logging(log_format: str | None, *, quiet: bool) -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # JSON escapes control characters itself; the console renderer does not.
+            *([] if fmt == "json" else [escape_log_values]),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -325,7 +328,7 @@ def _command(args: argparse.Namespace, stderr_loss: Loss) -> int:
 
         return asyncio.run(go())
     except WemDerError as exc:
-        print(f"wem-der: {exc}", file=sys.stderr)
+        print(f"wem-der: {shown(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except ExceptionGroup as group:
         # Raised inside a run's TaskGroup, a deliberate error arrives wrapped; anything
@@ -334,7 +337,7 @@ def _command(args: argparse.Namespace, stderr_loss: Loss) -> int:
         if matched is None or rest is not None:
             raise
         first = _first_leaf(matched)
-        print(f"wem-der: {first}", file=sys.stderr)
+        print(f"wem-der: {shown(str(first))}", file=sys.stderr)
         return first.exit_code
     except (KeyboardInterrupt, asyncio.CancelledError):
         # Stopped outside a run (a run stopped at once says so through StoppedAtOnce).

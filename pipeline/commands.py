@@ -8,11 +8,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.display import shown
 from pipeline.errors import ConfigError, StoppedAtOnce
 from pipeline.ledger import Ledger
 from pipeline.limiter import parse_rate
 from pipeline.models import RecordKind
 from pipeline.outcomes import OutcomeRecord
+from pipeline.pathtext import to_text
 from pipeline.plan import numbered
 from pipeline.preflight import Preflight
 from pipeline.progress import Progress, estimate_records, summary_table
@@ -29,25 +31,28 @@ def make_hooks(progress: Progress | None, *, lost_output: Callable[[], str | Non
         hooks.on_outcome = progress.on_outcome
 
     def on_start(run_id: str, out_dir: Path) -> None:
-        print(f"run {run_id}: outcomes in {out_dir}", file=sys.stderr, flush=True)
+        print(
+            f"run {run_id}: outcomes in {shown(to_text(str(out_dir)))}", file=sys.stderr, flush=True
+        )
         if progress is not None:
             progress.start()
 
     hooks.on_start = on_start
     hooks.on_diff = _print_diff
-    hooks.on_note = lambda text: print(f"note: {text}", file=sys.stderr, flush=True)
+    hooks.on_note = lambda text: print(f"note: {shown(text)}", file=sys.stderr, flush=True)
     return hooks
 
 
 def _print_diff(nmi: str, lines: list[str]) -> None:
+    nmi = shown(nmi)
     print(f"corrected {nmi}:" if lines else f"corrected {nmi}: no change", file=sys.stderr)
     for line in lines:
-        print(f"    {line}", file=sys.stderr)
+        print(f"    {shown(line)}", file=sys.stderr)
 
 
 def _finish(result: RunResult) -> int:
     print(summary_table(result.summary))
-    print(f"outcomes: {result.out_dir}")
+    print(f"outcomes: {shown(to_text(str(result.out_dir)))}")
     if result.exit_code == 3:
         print(f"resume with: wem-der resume {result.run_id}", file=sys.stderr)
     return result.exit_code
@@ -86,8 +91,10 @@ async def _validate(preflight: Preflight, paths: list[str]) -> dict[str, int]:
         checked = preflight.check(seq, item)
         if isinstance(checked, OutcomeRecord):
             counts["invalid"] += 1
+            where, nmi = shown(str(checked.source)), shown(str(checked.nmi))
             for error in checked.errors:
-                print(f"{checked.source}  nmi={checked.nmi}  {error['path']}: {error['detail']}")
+                path, detail = shown(str(error["path"])), shown(str(error["detail"]))
+                print(f"{where}  nmi={nmi}  {path}: {detail}")
         else:
             counts["valid"] += 1
     return counts

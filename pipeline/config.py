@@ -28,6 +28,7 @@ from pydantic import (
 
 from pipeline.errors import ConfigError
 from pipeline.limiter import parse_rate
+from pipeline.pathtext import to_text
 
 ENV_PREFIX = "WEMDER_"
 _PROFILE_PRODUCTION = "profile_production"
@@ -104,6 +105,32 @@ class Settings(BaseModel):
             ) from None
         return value
 
+    @field_validator("token_url", "base_url", "nmi_base_url")
+    @classmethod
+    def _url_holds_no_credentials(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Checked here, so that a URL from a profile, the environment, a flag or a run's
+        # stored settings is refused alike, before it reaches run.json, the ledger or a log.
+        # The message names the setting, never the URL: the URL is what holds the secret.
+        if value is None:
+            return value
+        name = info.field_name or ""
+        how = f"as set by the profile, {ENV_PREFIX}{name.upper()} or --{name.replace('_', '-')}"
+        # '@' anywhere, not only before the host: a password holding '/' ends the host early.
+        if "@" in value:
+            raise ValueError(
+                f"{how}: the URL holds '@', as credentials in a URL do (user:password@host),"
+                " and would be recorded with the run's settings; give the host alone, the"
+                " client id with --client-id and the secret with WEMDER_CLIENT_SECRET or"
+                " --client-secret-file"
+            )
+        if "?" in value or "#" in value:
+            raise ValueError(
+                f"{how}: the URL has a query string or fragment (?... or #...), where a token"
+                " or secret would go, and would be recorded with the run's settings; give the"
+                " endpoint's URL without one"
+            )
+        return value
+
     @field_validator("production")
     @classmethod
     def _production_is_the_profile_s(cls, value: bool, info: ValidationInfo) -> bool:
@@ -119,10 +146,20 @@ class Settings(BaseModel):
         return self.embedded_simulator and not self.base_url
 
     def secret_free(self) -> dict[str, Any]:
-        """The settings as JSON, for `run.json`: the secret replaced by whether it was set."""
+        """The settings as JSON, for `run.json`: the secret replaced by whether it was set,
+        paths as `to_text` writes them (a file name need not be UTF-8; JSON must be)."""
         out = self.model_dump(mode="json", exclude=set(SECRET_FIELDS))
+        for name in PATH_FIELDS:
+            if (path := getattr(self, name)) is not None:
+                out[name] = to_text(str(path))
         out["client_secret_set"] = self.client_secret is not None
         return out
+
+
+# Settings that name a file or directory.
+PATH_FIELDS = tuple(
+    name for name, field in Settings.model_fields.items() if field.annotation in (Path, Path | None)
+)
 
 
 def is_loopback(url: str) -> bool:

@@ -2,8 +2,14 @@
 
 The format is found from the bytes, not the name: gzip by the magic bytes 1f 8b (then
 decompressed), a JSON array when the first byte that is not whitespace is "[", JSON Lines
-otherwise (and what follows an array's closing "]" is read as JSON Lines too). A record
-is a bare object or one wrapped as `{"data": {...}}`; the wrapper is removed.
+otherwise; and what follows an array's closing "]" is read the same way, as if it began a
+file (`cat a.json b.json`). JSON Lines whose first line opens an object ("{" alone, as a
+pretty-printer writes it) are values one after another, each read whole whatever lines it
+takes. A record is a bare object or one wrapped as `{"data": {...}}`; the wrapper is
+removed.
+
+JSON is UTF-8 (a UTF-8 BOM, at the start or at the start of a line, is passed over). An
+input in UTF-16 or UTF-32 is one item that says so, not one refusal per line.
 
 Every problem becomes a `SourceItem` with an `error`, and decoding goes on with the next
 line; bytes that end early (`StreamError`) end the input. Blank lines are not records and
@@ -17,19 +23,35 @@ from __future__ import annotations
 import functools
 import json
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from itertools import chain
 from typing import Any
 
 import orjson
 
-from pipeline.jsonsplit import ArraySplitter, Element, SplitError, oversize_reason
+from pipeline.jsonsplit import ArraySplitter, Element, Rest, SplitError, oversize_reason
 from pipeline.outcomes import SourceItem, SourceRef
 
 # The size of a read from an input, and the most that one step of gunzip may produce.
 READ_SIZE = 64 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
+# The byte order marks of UTF-32 and UTF-16, by the names iconv knows them by; the longer
+# first, since UTF-32LE's begins with UTF-16LE's.
+_BYTE_ORDER_MARKS = (
+    (b"\xff\xfe\x00\x00", "UTF-32LE"),
+    (b"\x00\x00\xfe\xff", "UTF-32BE"),
+    (b"\xff\xfe", "UTF-16LE"),
+    (b"\xfe\xff", "UTF-16BE"),
+)
+# Which of the first four bytes are NUL when the first two characters are ASCII, as those
+# of JSON are: JSON text in UTF-8 holds no NUL at all.
+_NUL_PATTERNS = (
+    ((False, True, True, True), "UTF-32LE"),
+    ((True, True, True, False), "UTF-32BE"),
+    ((False, True, False, True), "UTF-16LE"),
+    ((True, False, True, False), "UTF-16BE"),
+)
 _WS = b" \t\r\n"
 _ERROR_TEXT_MAX = 200
 # 2**63 has 19 digits: a shorter run of digits is an integer orjson holds exactly. Digits
@@ -82,7 +104,7 @@ def items_from_chunks(label: str, raw: Iterator[bytes], limit: int) -> Iterator[
             yield chunk
 
     try:
-        yield from _parse(label, counted(), limit)
+        yield from _parse(label, _Chunks(counted()), limit)
     except StreamError as exc:
         yield SourceItem(SourceRef(label, line=lines + 1), error=f"{exc} after line {lines}")
 
@@ -90,52 +112,144 @@ def items_from_chunks(label: str, raw: Iterator[bytes], limit: int) -> Iterator[
 def _decompressed(raw: Iterator[bytes]) -> Iterator[bytes]:
     """The bytes of an input, gunzipped if they start with the gzip magic (whatever the name)."""
     first = next(raw, b"")
+    # A pipe may give one byte at a time: one byte of the magic does not say yet.
+    while first and GZIP_MAGIC.startswith(first) and first != GZIP_MAGIC:
+        more = next(raw, b"")
+        if not more:
+            break
+        first += more
     chunks = chain([first], raw)
     yield from gunzip(chunks) if first.startswith(GZIP_MAGIC) else chunks
 
 
-def _parse(label: str, chunks: Iterator[bytes], limit: int) -> Iterator[SourceItem]:
-    """Pass a BOM and leading whitespace; the first byte after them says the format."""
-    line, offset = 1, 0
+class _Chunks:
+    """The chunks of an input, with bytes that a parser did not use put back in front."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._back = b""
+
+    def __iter__(self) -> _Chunks:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._back:
+            back, self._back = self._back, b""
+            return back
+        return next(self._chunks)
+
+    def put_back(self, data: bytes) -> None:
+        self._back = data + self._back
+
+
+def _parse(label: str, chunks: _Chunks, limit: int) -> Iterator[SourceItem]:
+    """Check the encoding and pass a UTF-8 BOM; then read the input part by part, each in
+    the format its first byte says (see `_part`)."""
+    head = b""
     for chunk in chunks:
-        head = chunk
-        if offset == 0 and chunk.startswith(_BOM):
-            # Windows editors write a UTF-8 BOM; it carries no meaning, so it is dropped.
-            head, offset = chunk[len(_BOM) :], len(_BOM)
-        content = head.lstrip(_WS)
+        head += chunk
+        # Four bytes tell the encoding; a line of UTF-8 that ends sooner is read at once, so
+        # that a short record does not wait for bytes a slow writer has not sent yet.
+        if len(head) >= 4 or (b"\n" in head and b"\0" not in head):
+            break
+    encoding = _foreign_encoding(head)
+    if encoding is not None:
+        # Every line would be refused for the same reason: it is said once.
+        yield SourceItem(SourceRef(label, line=1), error=encoding)
+        return
+    at: Rest | None = Rest(head, line=1, column=1, offset=0)
+    if head.startswith(_BOM):
+        # Windows editors write a UTF-8 BOM; it carries no meaning, so it is dropped.
+        at = Rest(head[len(_BOM) :], line=1, column=1, offset=len(_BOM))
+    while at is not None:
+        chunks.put_back(at.data)
+        at = yield from _part(label, chunks, limit, at)
+
+
+def _foreign_encoding(head: bytes) -> str | None:
+    """Why the input that starts with `head` cannot be read, if it is UTF-16 or UTF-32 text.
+
+    JSON exchanged between systems is UTF-8. The other two show by a byte order mark, or
+    without one by where the NUL bytes of the first, ASCII, characters fall.
+    """
+    for mark, name in _BYTE_ORDER_MARKS:
+        if head.startswith(mark):
+            return _convert(name, f"it starts with the {name} byte order mark")
+    zeros = tuple(byte == 0 for byte in head[:4])
+    for pattern, name in _NUL_PATTERNS:
+        if zeros == pattern:
+            return _convert(name, f"its NUL bytes fall where {name} puts them")
+    return None
+
+
+def _convert(name: str, why: str) -> str:
+    return (
+        f"the input looks like {name} text ({why}), not UTF-8, which JSON must be: convert it"
+        f" (`iconv -f {name} -t UTF-8 FILE > NEW`) and give it again; none of its records"
+        " were read"
+    )
+
+
+def _part(
+    label: str, chunks: _Chunks, limit: int, at: Rest
+) -> Generator[SourceItem, None, Rest | None]:
+    """The items of one part of the input, from `at`: pass whitespace; a "[" begins a JSON
+    array, anything else JSON Lines. Where the part ends before the input does (bytes
+    after an array, say), what follows and where it is."""
+    line, column, offset = at.line, at.column, at.offset
+    for chunk in chunks:
+        content = chunk.lstrip(_WS)
         if content:
-            parse = _array_items if content.startswith(b"[") else _jsonl_items
-            yield from parse(label, chain([head], chunks), limit, line=line, offset=offset)
-            return
-        line += head.count(b"\n")
-        offset += len(head)
+            chunks.put_back(chunk)
+            where = Rest(b"", line, column, offset)
+            if content.startswith(b"["):
+                return (yield from _split(label, chunks, limit, where, values=False))
+            return (yield from _jsonl_items(label, chunks, limit, where))
+        newlines = chunk.count(b"\n")
+        line += newlines
+        column = len(chunk) - chunk.rfind(b"\n") if newlines else column + len(chunk)
+        offset += len(chunk)
+    return None
 
 
 def _jsonl_items(
-    label: str, chunks: Iterator[bytes], limit: int, *, line: int, offset: int, column: int = 1
-) -> Iterator[SourceItem]:
-    """One value per line; the first chunk starts at `line`, `column` and file `offset`."""
+    label: str, chunks: _Chunks, limit: int, at: Rest
+) -> Generator[SourceItem, None, Rest | None]:
+    """One value per line, from `at`.
+
+    A first line that ends by opening an object or an array ("{" alone, as a
+    pretty-printer writes it) is no line of JSON Lines: the values are then read as they
+    come, one after another, whatever lines they take (`_split` with `values`).
+    """
+    line, column, offset = at.line, at.column, at.offset
     pending: list[bytes] = []  # the start of a line that goes on in the next chunk
     start = offset  # file offset of the line being read
     dropping = False  # the line being read is over the limit, and was reported
+    first = True  # no line with a record in it has been read yet
     for chunk in chunks:
-        at = 0
-        while (newline := chunk.find(b"\n", at)) >= 0:
+        at_byte = 0
+        while (newline := chunk.find(b"\n", at_byte)) >= 0:
             if not dropping:
-                data = chunk[at:newline]
+                data = chunk[at_byte:newline]
                 if pending:
                     data = b"".join([*pending, data])
                     pending.clear()
+                if first and data.strip(_WS):
+                    first = False
+                    if data.rstrip(_WS).endswith((b"{", b"[")):
+                        chunks.put_back(data + chunk[newline:])
+                        where = Rest(b"", line, column, start)
+                        return (yield from _split(label, chunks, limit, where, values=True))
                 item = _line_item(label, data, limit, line=line, column=column, offset=start)
                 if item is not None:
                     yield item
             dropping = False
             line, column = line + 1, 1
-            at = newline + 1
-            start = offset + at
+            at_byte = newline + 1
+            start = offset + at_byte
         offset += len(chunk)
-        if at < len(chunk) and not dropping:
-            tail = chunk[at:]
+        if at_byte < len(chunk) and not dropping:
+            tail = chunk[at_byte:]
             if not pending:
                 # A record's size counts from its first byte that is not whitespace, as in
                 # _line_item, whatever the chunking: so whitespace before it is never kept
@@ -148,18 +262,25 @@ def _jsonl_items(
                 pending.append(tail)
                 if sum(map(len, pending)) > limit:
                     pending.clear()
+                    first = False
                     yield SourceItem(SourceRef(label, line=line), error=oversize_reason(limit))
                     dropping = True
     if pending:  # the last line has no newline
         item = _line_item(label, b"".join(pending), limit, line=line, column=column, offset=start)
         if item is not None:
             yield item
+    return None
 
 
 def _line_item(
     label: str, data: bytes, limit: int, *, line: int, column: int, offset: int
 ) -> SourceItem | None:
     record = data.lstrip(_WS)
+    if record.startswith(_BOM):
+        # `cat` of files that Windows editors wrote: a BOM begins each one's first line.
+        skip = len(data) - len(record) + len(_BOM)
+        data, column, offset = data[skip:], column + skip, offset + skip
+        record = data.lstrip(_WS)
     if not record:
         return None  # a blank line is not a record
     ref = SourceRef(label, line=line)
@@ -170,27 +291,28 @@ def _line_item(
     return _decode(data, ref, line=line, column=column, offset=offset)
 
 
-def _array_items(
-    label: str, chunks: Iterator[bytes], limit: int, *, line: int, offset: int
-) -> Iterator[SourceItem]:
-    """The elements of one JSON array; `line` and `offset` are where the first chunk starts."""
-    splitter = ArraySplitter(max_element_bytes=limit, line=line, offset=offset)
+def _split(
+    label: str, chunks: _Chunks, limit: int, at: Rest, *, values: bool
+) -> Generator[SourceItem, None, Rest | None]:
+    """The elements of one JSON array from `at`, or with `values` the values one after
+    another; then what follows, if anything does (as in `cat a.json b.jsonl`)."""
+    splitter = ArraySplitter(
+        max_element_bytes=limit, line=at.line, column=at.column, offset=at.offset, values=values
+    )
     for chunk in chunks:
-        yield from _split_items(label, splitter.feed(chunk))
+        yield from _split_items(label, splitter.feed(chunk), indexed=not values)
         if (rest := splitter.rest) is not None:
-            # More values after the array, as in `cat a.json b.jsonl`, or a JSON Lines file
-            # whose first line is an array: reading on line by line loses none of them.
-            more = chain([rest.data], chunks)
-            yield from _jsonl_items(
-                label, more, limit, line=rest.line, offset=rest.offset, column=rest.column
-            )
-            return
-    yield from _split_items(label, splitter.close())
+            return rest
+    yield from _split_items(label, splitter.close(), indexed=not values)
+    return None
 
 
-def _split_items(label: str, events: list[Element | SplitError]) -> Iterator[SourceItem]:
+def _split_items(
+    label: str, events: list[Element | SplitError], *, indexed: bool
+) -> Iterator[SourceItem]:
+    """Items at their line, and for the elements of an array (`indexed`) at their index."""
     for event in events:
-        ref = SourceRef(label, line=event.line, index=event.index)
+        ref = SourceRef(label, line=event.line, index=event.index if indexed else None)
         if isinstance(event, Element):
             yield _decode(
                 event.data, ref, line=event.line, column=event.column, offset=event.offset
@@ -289,6 +411,11 @@ def _reason(
     data: bytes, exc: orjson.JSONDecodeError, *, line: int, column: int, offset: int
 ) -> str:
     """Say why `data` is not JSON, and where, in the file's terms rather than orjson's."""
+    if (nul := data.find(b"\0")) >= 0:
+        return (
+            f"a NUL byte (0x00) at byte offset {offset + nul}, which JSON text never holds: is"
+            " the file UTF-16 or UTF-32 (convert it to UTF-8), or not text at all?"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as bad:

@@ -1,4 +1,5 @@
-"""Split a JSON array into the bytes of its top-level elements, incrementally.
+"""Split a JSON array into the bytes of its top-level elements, incrementally; or, the same
+way, a run of JSON objects one after another (pretty-printed ones, say).
 
 A file of one large JSON array must not be loaded whole, and no streaming JSON parser is a
 dependency, so this scanner finds the element boundaries itself: it tracks only string and
@@ -19,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_QUOTE, _COMMA, _OPEN, _CLOSE = ord('"'), ord(","), ord("["), ord("]")
+_QUOTE, _COMMA, _OPEN, _CLOSE, _BRACE = ord('"'), ord(","), ord("["), ord("]"), ord("{")
 _OPENERS = frozenset(b"[{")
 
 _STRING = rb'"(?>(?:[^"\\]++|\\.)*)"'
@@ -92,20 +93,33 @@ class SplitError:
 class ArraySplitter:
     """Feed bytes in; get back each top-level element of the array as soon as it is complete.
 
+    With `values`, there is no array: the bytes are objects one after another, separated
+    by whitespace alone, and each is an element; as if inside an array, whose depth 1 is
+    then between two objects. Anything else there (an array, say) is `rest`.
+
     Memory holds one element at most: bytes before the current element are dropped, and an
     element longer than `max_element_bytes` (counted from its first byte that is not
     whitespace, however the input is chunked) is reported and skipped rather than kept.
-    `line` and `offset` say where the first byte fed sits in the file.
+    `line`, `column` and `offset` say where the first byte fed sits in the file.
     """
 
-    def __init__(self, *, max_element_bytes: int, line: int = 1, offset: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        max_element_bytes: int,
+        line: int = 1,
+        column: int = 1,
+        offset: int = 0,
+        values: bool = False,
+    ) -> None:
         self._limit = max_element_bytes
+        self._values = values
         self._buf = bytearray()
         self._base = offset  # file offset of _buf[0]
         self._pos = 0  # next byte of _buf to scan
-        self._start = 0  # where the current element begins (after "[" or ",")
-        self._depth = 0
-        self._opened = False
+        self._start = 0  # where the current element begins (after "[" or ",", or its opener)
+        self._depth = 1 if values else 0
+        self._opened = values
         self._in_string = False
         self._skipping = False  # the current element is over the limit and was reported
         self._index = 0
@@ -116,7 +130,7 @@ class ArraySplitter:
         # at file offset _line_start; _locate moves them forward only.
         self._line = line
         self._line_pos = 0
-        self._line_start = offset
+        self._line_start = offset - (column - 1)
 
     def feed(self, chunk: bytes) -> list[Element | SplitError]:
         """Scan `chunk`; return the elements (and problems) it completes."""
@@ -143,12 +157,17 @@ class ArraySplitter:
         if self.rest is not None or not self._in_element:
             return []
         line, _ = self._locate(self._first_byte(self._start, len(self._buf)))
-        message = f"JSON array truncated: item {self._index} starting at line {line} is incomplete"
+        if self._values:
+            message = f"JSON value truncated: the value starting at line {line} is incomplete"
+        else:
+            message = (
+                f"JSON array truncated: item {self._index} starting at line {line} is incomplete"
+            )
         return [SplitError(message, line, self._index)]
 
     @property
     def _in_element(self) -> bool:
-        return self._depth > 0
+        return self._depth > (1 if self._values else 0)
 
     def _scan(self, out: list[Element | SplitError]) -> None:
         buf, pos = self._buf, self._pos
@@ -161,6 +180,8 @@ class ArraySplitter:
                 pos += 1
             elif self._depth == 0:
                 pos = self._outside(pos)
+            elif self._values and self._depth == 1:
+                pos = self._between(pos)
             else:
                 pos = _run(_TOP if self._depth == 1 else _INNER, buf, pos)
                 if pos == len(buf):
@@ -179,6 +200,8 @@ class ArraySplitter:
                     self._depth -= 1
                     if self._depth == 0:
                         self._finish(pos, out, closing=True)
+                    elif self._values and self._depth == 1:
+                        self._finish(pos + 1, out, closing=True)  # the closer is the value's
                 # A "}" at depth 1 closes nothing: it stays in the element, for orjson to refuse.
                 pos += 1
         self._pos = pos
@@ -194,12 +217,29 @@ class ArraySplitter:
             self._depth = 1
             self._start = at + 1
             return at + 1
-        line, column = self._locate(at)
-        self.rest = Rest(bytes(self._buf[at:]), line, column, self._base + at)
+        self._stand_outside(at)
         return len(self._buf)
 
+    def _between(self, pos: int) -> int:
+        """Between two values: only whitespace belongs here, and a "{" begins the next."""
+        match = _NON_WS.search(self._buf, pos)
+        if match is None:
+            return len(self._buf)
+        at = match.start()
+        if self._buf[at] == _BRACE:
+            self._depth = 2
+            self._start = at
+            return at + 1
+        self._stand_outside(at)
+        return len(self._buf)
+
+    def _stand_outside(self, at: int) -> None:
+        line, column = self._locate(at)
+        self.rest = Rest(bytes(self._buf[at:]), line, column, self._base + at)
+
     def _finish(self, end: int, out: list[Element | SplitError], *, closing: bool) -> None:
-        """The element from _start to `end` (a top-level "," or the final "]") is complete."""
+        """The element from _start to `end` (a top-level "," or the final "]", or just past
+        the closer of a value) is complete."""
         if self._skipping:
             self._skipping = False  # reported when it went over the limit
             self._index += 1

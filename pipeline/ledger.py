@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
@@ -34,7 +35,7 @@ from pipeline.ledger_rows import (
     history_row,
     run_row,
 )
-from pipeline.outcomes import Outcome, OutcomeRecord
+from pipeline.outcomes import Outcome, OutcomeRecord, SourceRef
 
 __all__ = ["HistoryRow", "InFlight", "ItemRow", "Ledger", "RecordState", "RunRow"]
 
@@ -68,6 +69,23 @@ def _outcome_filter(outcomes: Collection[str] | None) -> tuple[str, list[str]]:
     wanted = [str(outcome) for outcome in outcomes]
     # SQLite reads `IN ()` as false, so an empty collection selects nothing.
     return f" AND outcome IN ({', '.join('?' * len(wanted))})", wanted
+
+
+def _record_state(row: tuple[Any, ...]) -> RecordState:
+    exists = None if row[0] is None else bool(row[0])
+    return RecordState(exists, *row[1:])
+
+
+def _sent_line(
+    conn: sqlite3.Connection, run_id: str, key: tuple[str, str], content_hash: str
+) -> SourceRef | None:
+    """The line of run `run_id` whose accepted or conditional outcome sent `content_hash`
+    for `key`, the latest if several did."""
+    for (line,) in conn.execute(sql.SENT_LINES, (*key, run_id)):
+        sent = OutcomeRecord.from_json(orjson.loads(line))
+        if sent.content_hash == content_hash:
+            return sent.source
+    return None
 
 
 class Ledger:
@@ -155,8 +173,37 @@ class Ledger:
             for key in wanted:
                 row = conn.execute(sql.LOOKUP, key).fetchone()
                 if row is not None:
-                    exists = None if row[0] is None else bool(row[0])
-                    found[key] = RecordState(exists, *row[1:])
+                    found[key] = _record_state(row)
+            return found
+
+        return await self._db.read(run)
+
+    async def delta_states(
+        self, run_id: str, records: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str], RecordState]:
+        """What run `run_id` needs to know to decide whether each (kind, nmi, content_hash)
+        must be sent: the record's `RecordState`, every key answered, with `repeated` found
+        for a content that is not the last success and `earlier_line` for one that is this
+        run's own last success (both rare, so an unchanged record costs one read)."""
+        wanted = list(records)  # another task may change the caller's list before the batch runs
+
+        def run(conn: sqlite3.Connection) -> dict[tuple[str, str], RecordState]:
+            found: dict[tuple[str, str], RecordState] = {}
+            asked: set[tuple[str, str]] = set()  # keys whose `repeated` was looked for
+            for kind, nmi, content_hash in wanted:
+                key = (kind, nmi)
+                state = found.get(key)
+                if state is None:
+                    row = conn.execute(sql.LOOKUP, key).fetchone()
+                    state = _record_state(row) if row else RecordState(None, None, None, None, None)
+                if content_hash != state.last_success_hash:
+                    if key not in asked:
+                        asked.add(key)
+                        runs = conn.execute(sql.LATEST_LINE_RUNS, (*key, run_id)).fetchall()
+                        state = replace(state, repeated=len(runs) == 2 and runs[0] == runs[1])
+                elif state.last_success_run == run_id and state.earlier_line is None:
+                    state = replace(state, earlier_line=_sent_line(conn, run_id, key, content_hash))
+                found[key] = state
             return found
 
         return await self._db.read(run)

@@ -35,7 +35,10 @@ checkpoint restarts the WAL and syncs its new header, once per `checkpoint_pages
 Failure: any error in a batch (disk full, file deleted, locked past busy_timeout) rolls it
 back and stops the ledger, as does a failed checkpoint: every awaited call of the batch,
 every call after it, `flush` and close then raise LedgerError, because a run that cannot
-record what it sends must not keep sending.
+record what it sends must not keep sending. Every file the ledger keeps open is opened
+with it, so a run's connections cannot leave a checkpoint without a descriptor; what SQLite
+still opens later (a temporary file for a large sort) fails as "unable to open database
+file", which the message names for what it is when the process is out of descriptors.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from typing import Any, TypeVar, cast
 
 from pipeline.errors import LedgerError
 from pipeline.ledger_schema import is_busy, locked, open_ledger, unusable
+from pipeline.openfiles import shortage
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
@@ -84,6 +88,7 @@ def _nothing(conn: sqlite3.Connection) -> None:
 
 def _connect(path: Path, busy_timeout_s: float, checkpoint_pages: int) -> _Files:
     writer = open_ledger(path, busy_timeout_s=busy_timeout_s)
+    opened = [writer]
     try:
         page_size = writer.execute("PRAGMA page_size").fetchone()[0]
         wal_limit = _WAL_HEADER + checkpoint_pages * (_FRAME_HEADER + page_size)
@@ -97,12 +102,19 @@ def _connect(path: Path, busy_timeout_s: float, checkpoint_pages: int) -> _Files
         checkpointer = sqlite3.connect(
             path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
         )
-    except sqlite3.Error as exc:
-        writer.close()
-        raise unusable(path, exc) from exc
-    except BaseException:
-        writer.close()
-        raise
+        opened.append(checkpointer)
+        # SQLite opens a connection's WAL and shared memory at its first read: here, so that
+        # no checkpoint deep into a run, whose connections may by then hold every descriptor
+        # left, has a file to open. The ledger opens none after this.
+        checkpointer.execute("SELECT count(*) FROM meta").fetchall()
+    except BaseException as exc:
+        # Made before the files close, which would free the descriptor it may have lacked.
+        error = unusable(path, exc) if isinstance(exc, sqlite3.Error) else None
+        for conn in opened:
+            conn.close()
+        if error is None:
+            raise
+        raise error from exc
     return _Files(writer, checkpointer, Path(f"{path}-wal"), wal_limit)
 
 
@@ -164,13 +176,14 @@ class GroupCommit:
         self._commit_at: asyncio.Handle | None = None
         self._checkpointing = False
         self._failure: Exception | None = None
+        self._shortage: str | None = None  # see `_fail`
 
     async def open(self) -> None:
         if self._thread is not None:
             raise RuntimeError("this Ledger is already open")
         self._loop = asyncio.get_running_loop()
         self._queue = []
-        self._failure = None
+        self._failure = self._shortage = None
         thread = ThreadPoolExecutor(1, thread_name_prefix="wem-der-ledger")
         opening = thread.submit(_connect, self._path, self._busy_timeout_s, self._checkpoint_pages)
         try:
@@ -302,7 +315,7 @@ class GroupCommit:
                     conn.execute("ROLLBACK")
                 raise
         except Exception as exc:  # whatever it was, the batch is lost: say so
-            self._fail(exc, batch)
+            self._fail(exc, batch, why=shortage(exc))
             return
         for op, value in zip(batch, values, strict=True):
             if op.future is not None and not op.future.done():  # done: its task was cancelled
@@ -328,11 +341,17 @@ class GroupCommit:
         self._checkpointing = False
         error = done.exception()
         if isinstance(error, Exception) and self._failure is None:
-            self._fail(error)
+            self._fail(error, why=shortage(error))
 
-    def _fail(self, exc: Exception, batch: list[_Op] | None = None) -> None:
-        """Stop the ledger: the batch that failed and everything queued behind it fail."""
+    def _fail(
+        self, exc: Exception, batch: list[_Op] | None = None, *, why: str | None = None
+    ) -> None:
+        """Stop the ledger: the batch that failed and everything queued behind it fail.
+
+        `why`: what `shortage` made of `exc` when it was caught (the descriptors it lacked
+        may be free again by the time the message is written)."""
         self._failure = exc
+        self._shortage = why
         if self._commit_at is not None:
             self._commit_at.cancel()
             self._commit_at = None
@@ -347,6 +366,11 @@ class GroupCommit:
         cause = self._failure
         if isinstance(cause, sqlite3.Error) and is_busy(cause):
             error = locked(self._path, self._busy_timeout_s)
+        elif self._shortage is not None:
+            error = LedgerError(
+                f"writing the ledger {self._path} failed ({cause}): {self._shortage}; then"
+                " `wem-der resume` the run (what was committed is kept)"
+            )
         else:
             error = LedgerError(
                 f"writing the ledger {self._path} failed ({cause}); what was committed "

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import orjson
 
+from pipeline.outcomes import SourceRef
+
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
@@ -29,13 +31,21 @@ class RunRow:
 
 @dataclass(frozen=True, slots=True)
 class RecordState:
-    """What the ledger knows of one (kind, nmi) across runs."""
+    """What the ledger knows of one (kind, nmi) across runs.
+
+    The last two are filled in by `Ledger.delta_states` only. `repeated`: the NMI held
+    more than one line of the latest other run that recorded it, so the input may name it
+    again further on. `earlier_line`: when the last success is the asking run's own, the
+    line of that run whose submission it was.
+    """
 
     exists: bool | None
     last_success_hash: str | None
     last_success_run: str | None
     last_success_txn: str | None
     last_success_at: float | None
+    repeated: bool = False
+    earlier_line: SourceRef | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import sqlite3
 from pathlib import Path
 
 from pipeline.errors import LedgerError
+from pipeline.openfiles import shortage
 from pipeline.private_files import private_dir, private_file
 
 SCHEMA_VERSION = 1
@@ -101,6 +102,14 @@ _RUNS_WHERE = """SELECT run_id, kind, status, created_at, finished_at, out_dir, 
 GET_RUN = _RUNS_WHERE.format(where="run_id = ?")
 LOOKUP = """SELECT exists_at_register, last_success_hash, last_success_run, last_success_txn,
     last_success_at FROM records WHERE kind = ? AND nmi = ?"""
+# The runs of an NMI's two latest pre-flighted lines recorded by runs other than the asking
+# one, newest first (a row's rowid grows with the time it was recorded): two of one run
+# mean the NMI held several lines of that run's input.
+LATEST_LINE_RUNS = """SELECT run_id FROM items WHERE kind = ? AND nmi = ? AND run_id != ?
+    AND outcome != 'invalid' ORDER BY rowid DESC LIMIT 2"""
+# A run's outcome lines of an NMI that reached the register, newest first.
+SENT_LINES = """SELECT line FROM items WHERE kind = ? AND nmi = ? AND run_id = ?
+    AND outcome IN ('accepted', 'conditional') ORDER BY rowid DESC"""
 BEGIN_ATTEMPT = """INSERT INTO attempts (run_id, seq, kind, nmi, action, content_hash,
     started_at) VALUES (?, ?, ?, ?, ?, ?, ?)"""
 FINISH_ATTEMPT = """UPDATE attempts SET finished_at = ?, http_status = ?, transaction_id = ?
@@ -133,7 +142,10 @@ ATTEMPT_STARTS = "SELECT started_at FROM attempts WHERE run_id = ? ORDER BY star
 CHILD_RUNS = _RUNS_WHERE.format(where="parent_run_id = ? ORDER BY created_at")
 
 
-def unusable(path: Path, reason: object) -> LedgerError:
+def unusable(path: Path, reason: BaseException | str) -> LedgerError:
+    if isinstance(reason, BaseException) and (why := shortage(reason)) is not None:
+        # The file may be fine: it is the process that could not open one more.
+        return LedgerError(f"cannot open the ledger {path} ({reason}): {why}")
     return LedgerError(
         f"{path} is not a usable ledger: {reason}; move it aside or point --state-dir elsewhere"
     )
@@ -162,10 +174,8 @@ def open_ledger(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
         # the -wal and -shm files the database file's permissions.
         private_file(path)
     except OSError as exc:
-        raise LedgerError(
-            f"cannot create the ledger {path}: {exc.strerror}; "
-            "check the permissions of --state-dir or point it elsewhere"
-        ) from exc
+        why = shortage(exc) or "check the permissions of --state-dir or point it elsewhere"
+        raise LedgerError(f"cannot create the ledger {path}: {exc.strerror}; {why}") from exc
     try:
         # isolation_level=None: the ledger's batches issue BEGIN and COMMIT themselves.
         # check_same_thread=False: the ledger opens and closes it in its thread and runs
@@ -178,10 +188,10 @@ def open_ledger(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
     try:
         _prepare(conn, path)
     except sqlite3.Error as exc:
+        # Made before the file is closed, which would free the descriptor it lacked.
+        error = locked(path, busy_timeout_s) if is_busy(exc) else unusable(path, exc)
         conn.close()
-        if is_busy(exc):
-            raise locked(path, busy_timeout_s) from exc
-        raise unusable(path, exc) from exc
+        raise error from exc
     except BaseException:
         conn.close()
         raise

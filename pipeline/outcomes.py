@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from pipeline.models import RecordKind
+from pipeline.pathtext import from_text, to_text
 
 
 class Outcome(StrEnum):
@@ -44,7 +45,8 @@ class SourceRef:
     index: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"path": self.path}
+        # A file name need not be UTF-8 (nor printable); JSON must be: see pathtext.
+        out: dict[str, Any] = {"path": to_text(self.path)}
         if self.line is not None:
             out["line"] = self.line
         if self.index is not None:
@@ -52,9 +54,10 @@ class SourceRef:
         return out
 
     def __str__(self) -> str:
+        path = to_text(self.path)
         if self.index is not None:
-            return f"{self.path}[{self.index}]"
-        return f"{self.path}:{self.line}" if self.line is not None else self.path
+            return f"{path}[{self.index}]"
+        return f"{path}:{self.line}" if self.line is not None else path
 
 
 class SourceItem:
@@ -148,6 +151,14 @@ class OutcomeRecord:
     previous_run_id: str | None = None
     previous_transaction_id: str | None = None
 
+    def __post_init__(self) -> None:
+        # An invalid record was never sent, so its errors are the only account of what is
+        # wrong with it: problems.csv, the report and the operator all read them.
+        if self.outcome is Outcome.INVALID and not self.errors:
+            raise ValueError(
+                f"an invalid outcome must carry at least one error saying why ({self.source})"
+            )
+
     def as_json(self) -> dict[str, Any]:
         return {
             "nmi": self.nmi,
@@ -175,7 +186,7 @@ class OutcomeRecord:
         return cls(
             kind=RecordKind(obj["kind"]),
             nmi=obj.get("nmi"),
-            source=SourceRef(source["path"], source.get("line"), source.get("index")),
+            source=SourceRef(from_text(source["path"]), source.get("line"), source.get("index")),
             outcome=Outcome(obj["outcome"]),
             action=Action(obj["action"]) if obj.get("action") else None,
             http_status=obj.get("http_status"),

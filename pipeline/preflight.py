@@ -1,17 +1,23 @@
 """Pre-flight: turn a decoded input item into a record ready to send, or an `invalid` outcome.
 
 Runs before a record costs a request, so a typo or a wrong type is caught locally with
-the field's JSON path instead of coming back as a 400.
+the field's JSON path instead of coming back as a 400. `validate`, a dry run and `submit`
+all judge a record here and nowhere else, so they agree on every record: the size of the
+request body is checked here too, exactly as the body will be sent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from pipeline.codec import content_hash
+import orjson
+
+from pipeline.codec import MAX_BODY_BYTES, BodyTooLarge, Compression, content_hash, encode_body
 from pipeline.enumerations import Enumerations
 from pipeline.models import RecordKind
 from pipeline.outcomes import Outcome, OutcomeRecord, PreparedRecord, SourceItem
+from pipeline.routes import request_body
 from pipeline.validation import FieldIssue, validate_record
 
 
@@ -22,6 +28,8 @@ class Preflight:
     kind: RecordKind
     allow_unknown: bool = False
     enumerations: Enumerations | None = None
+    # How the run compresses its bodies: AEMO's limit is on the body as sent.
+    compression: Compression = Compression.GZIP
 
     def check(self, seq: int, item: SourceItem) -> PreparedRecord | OutcomeRecord:
         """A record ready to send, or the `invalid` outcome that says why it is not."""
@@ -35,6 +43,9 @@ class Preflight:
         )
         if isinstance(result, list):
             return invalid(self.kind, item, result)
+        too_large = body_issue(self.kind, result, self.compression)
+        if too_large is not None:
+            return invalid(self.kind, item, [too_large])
         # Strict validation converts nothing, so the record as decoded is what gets sent,
         # unknown fields included when let through.
         return PreparedRecord(
@@ -45,6 +56,27 @@ class Preflight:
             payload=result,
             content_hash=content_hash(result),
         )
+
+
+def body_issue(
+    kind: RecordKind, payload: dict[str, Any], compression: Compression
+) -> FieldIssue | None:
+    """Why the request body of `payload` is over AEMO's size limit, if it is.
+
+    Compressing can add a little to bytes it cannot shrink: deflate's worst case is a few
+    bytes per block, well under a thousandth. So a body whose JSON is further than that
+    under the limit passes on its length alone, and one nearer is encoded as the client
+    will encode it, which is then the exact answer.
+    """
+    body = request_body(kind, payload)
+    size = len(orjson.dumps(body))
+    if size + size // 1024 + 64 <= MAX_BODY_BYTES:
+        return None
+    try:
+        encode_body(body, compression, max_bytes=MAX_BODY_BYTES)
+    except BodyTooLarge as exc:
+        return FieldIssue("(record)", str(exc))
+    return None
 
 
 def _wrapper_issue(value: object) -> FieldIssue | None:
@@ -79,7 +111,8 @@ def nmi_of(value: object) -> str | None:
 
 
 def invalid(kind: RecordKind, item: SourceItem, issues: list[FieldIssue]) -> OutcomeRecord:
-    """An `invalid` outcome; each issue becomes an error with the field's path."""
+    """An `invalid` outcome; each issue becomes an error with the field's path (at least one
+    issue is needed: `OutcomeRecord` refuses an invalid outcome that gives no error)."""
     errors = [
         {"code": "local", "title": "Local validation", "path": issue.path, "detail": issue.message}
         for issue in issues

@@ -1,4 +1,8 @@
-"""What a person watching a run sees: a progress line on a terminal, and the closing table."""
+"""What a person watching a run sees: a progress line on a terminal, and the closing table.
+
+The progress line holds counts alone; each value of the closing table is shown through
+`display.shown`, since the abort reason may quote an answer of the register.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from pipeline.decode import GZIP_MAGIC
+from pipeline.display import shown
 from pipeline.outcomes import Outcome, OutcomeRecord
 
 REFRESH_S = 0.25
@@ -130,4 +135,4 @@ def summary_table(summary: Mapping[str, Any]) -> str:
     if summary.get("stderr_lost"):
         rows.append(("log lost", summary["stderr_lost"]))
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+    return "\n".join(f"  {name:<{width}}  {shown(str(value))}" for name, value in rows)

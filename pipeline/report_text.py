@@ -2,12 +2,16 @@
 
 Numbers are right-aligned, bars are scaled to the largest row (or to the quota), and long
 lists are cut at MAX_ROWS with a line saying so: the JSON form always has everything.
+Every value is shown through `display.shown`: error titles come from the register, paths
+and NMIs from the operator's files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from pipeline.display import shown
 
 MAX_ROWS = 50
 BAR_WIDTH = 30
@@ -29,7 +33,8 @@ def to_text(report: dict[str, Any]) -> str:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, indent: str = "  ") -> str:
     """Columns padded to their widest cell; numbers right-aligned."""
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    cells = [[str(h) for h in headers]]
+    cells += [["-" if c is None else shown(str(c)) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     numeric = [
         all(_is_number(row[i]) for row in cells[1:]) and len(cells) > 1 for i in range(len(headers))
@@ -87,8 +92,8 @@ def _run_text(run: dict[str, Any]) -> str:
         if summary.get(key):
             fields.append((name, summary[key]))
     width = max(len(name) for name, _ in fields)
-    lines = [f"run {run['run_id']}"]
-    lines += [f"  {name:<{width}}  {value}" for name, value in fields]
+    lines = [f"run {shown(str(run['run_id']))}"]
+    lines += [f"  {name:<{width}}  {shown(str(value))}" for name, value in fields]
     return "\n".join(lines)
 
 
@@ -161,13 +166,14 @@ def _quota_text(quota: dict[str, Any]) -> str:
 
 
 def _nmi_text(nmi: dict[str, Any]) -> str:
-    lines = [f"history of {nmi['kind']} NMI {nmi['nmi']}"]
+    lines = [f"history of {nmi['kind']} NMI {shown(str(nmi['nmi']))}"]
     exists = nmi["exists_at_register"]
     lines.append("  at the register: " + {True: "yes", False: "no", None: "unknown"}[exists])
     last = nmi["last_success"]
     if last:
         lines.append(
-            f"  last accepted: run {last['run_id']} transaction {last['transaction_id'] or '-'}"
+            f"  last accepted: run {shown(str(last['run_id']))}"
+            f" transaction {shown(str(last['transaction_id'] or '-'))}"
             f" at {last['at']} (content {str(last['content_hash'])[:12]})"
         )
     if not nmi["events"]:

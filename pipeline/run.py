@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -21,24 +22,33 @@ import aiohttp
 
 from pipeline.answers import KnownRefusal
 from pipeline.auth import TokenProvider
-from pipeline.client import ApiClient, TlsSettings, make_session
+from pipeline.client import SPARE_CONNECTIONS, ApiClient, TlsSettings, make_session
 from pipeline.codec import Compression
 from pipeline.config import Settings
-from pipeline.endpoints import Endpoints, check_endpoints, endpoints, warn_if_insecure
+from pipeline.endpoints import (
+    SIMULATOR_FILE,
+    Endpoints,
+    check_endpoints,
+    endpoints,
+    warn_if_insecure,
+)
 from pipeline.engine import Engine, Lineage, interruptible
 from pipeline.enumerations import load_enumerations
-from pipeline.errors import ConfigError, RunAborted
+from pipeline.errors import ConfigError, InputError, RunAborted
 from pipeline.ledger import Ledger
 from pipeline.limiter import QuotaLimiter, parse_rate
 from pipeline.models import RecordKind
+from pipeline.openfiles import fit_concurrency
 from pipeline.outcomes import Action, Outcome, OutcomeRecord
-from pipeline.plan import RUN_JSON, RunPlan, plan_items, read_run_json
+from pipeline.pathtext import to_text
+from pipeline.plan import RUN_JSON, RunPlan, plan_items, read_run_json, unchecked_notes
 from pipeline.preflight import Preflight
 from pipeline.private_files import write_json_atomic
 from pipeline.retry import RetryPolicy
-from pipeline.runlock import run_lock
+from pipeline.runlock import LOCK_FILE, run_lock
 from pipeline.seqset import SeqSet
-from pipeline.sinks import OutcomeSink, rewriting
+from pipeline.sinks import PROBLEMS_CSV, SUMMARY_JSON, OutcomeSink, outcome_file, rewriting
+from pipeline.sources import STDIN
 from pipeline.workers import Submitter
 
 Clock = Callable[[], float]
@@ -102,7 +112,9 @@ def default_concurrency(count: int, period_s: float) -> int:
 def preflight_for(settings: Settings, kind: RecordKind) -> Preflight:
     """The validation a run (or `validate`, or a dry run) applies to records of `kind`."""
     enumerations = load_enumerations(settings.enumerations_file)
-    return Preflight(kind, settings.allow_unknown_fields, enumerations)
+    return Preflight(
+        kind, settings.allow_unknown_fields, enumerations, Compression(settings.compression)
+    )
 
 
 async def _take_directory(
@@ -146,6 +158,52 @@ async def _take_directory(
     )
 
 
+def _refuse_own_files(settings: Settings, plan: RunPlan) -> None:
+    """Refuse a run that would read a file it writes itself.
+
+    A new run empties the outcome files of the finished run it replaces before it reads
+    its input, a resume rewrites them, and every run writes the ledger: an input that is
+    one of them (by any name: a symbolic link, another relative path, a hard link,
+    standard input redirected from it) would be read empty or changing, and its records
+    lost with the file. Files are compared by device and inode, which every name of a file
+    shares, and by resolved path.
+    """
+    out_dir = Path(plan.out_dir)
+    outcome_files = [
+        *(out_dir / outcome_file(outcome) for outcome in Outcome),
+        *(out_dir / name for name in (PROBLEMS_CSV, SUMMARY_JSON, RUN_JSON, LOCK_FILE)),
+    ]
+    written = dict.fromkeys(outcome_files, ("outcome directory", "--out"))
+    written.update(
+        (settings.state_dir / f"{database}{suffix}", ("state directory", "--state-dir"))
+        for database in (LEDGER_FILE, SIMULATOR_FILE)
+        for suffix in ("", "-wal", "-shm", "-journal")
+    )
+    by_inode: dict[tuple[int, int], Path] = {}
+    for path in written:
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            by_inode[(info.st_dev, info.st_ino)] = path
+    by_name = {os.path.realpath(path): path for path in written}
+    for name in (*plan.inputs, *([plan.corrected] if plan.corrected else [])):
+        hit = None if name == STDIN else by_name.get(os.path.realpath(name))
+        # Standard input closed, or an input gone, is not a file this run writes.
+        with contextlib.suppress(OSError):
+            info = os.fstat(0) if name == STDIN else os.stat(name)
+            hit = by_inode.get((info.st_dev, info.st_ino), hit)
+        if hit is None:
+            continue
+        given = "standard input" if name == STDIN else f"input {to_text(name)}"
+        if name == STDIN or os.path.realpath(name) != os.path.realpath(hit):
+            given += f" is {to_text(str(hit))}, which"
+        place, flag = written[hit]
+        raise InputError(
+            f"{given} is a file this run writes (in its {place}), so it would be emptied or"
+            f" changed before it is read; copy it elsewhere and give the copy, or choose"
+            f" another {flag}"
+        )
+
+
 def _write_run_json(settings: Settings, plan: RunPlan, out_dir: Path) -> None:
     """Write the `run.json` of a new run (in a directory `_take_directory` has made its)."""
     try:
@@ -166,8 +224,8 @@ async def _open_run(
     await ledger.start_run(
         run_id=plan.run_id,
         kind=plan.kind.value,
-        out_dir=str(out_dir),
-        inputs=list(plan.inputs),
+        out_dir=to_text(str(out_dir)),
+        inputs=[to_text(path) for path in plan.inputs],
         settings={"plan": plan.as_json(), "settings": settings.secret_free()},
         parent_run_id=plan.parent_run_id,
     )
@@ -261,11 +319,18 @@ async def execute(
     inject them so that a Retry-After or a quota window passes without the wall clock.
     """
     check_endpoints(settings, plan.kind)
+    _refuse_own_files(settings, plan)
     out_dir = Path(plan.out_dir)
     started_wall = datetime.now(UTC)
     started = time.monotonic()
     count, period_s = parse_rate(settings.rate_limit)
-    concurrency = settings.concurrency or default_concurrency(count, period_s)
+    concurrency = fit_concurrency(
+        settings.concurrency or default_concurrency(count, period_s),
+        spare=SPARE_CONNECTIONS,
+        # The embedded simulator accepts each connection in this process: two descriptors.
+        per_connection=2 if settings.simulated else 1,
+        on_note=hooks.on_note,
+    )
     # The quota's wait is interruptible like a retry's: a stop (Ctrl-C, an abort) must not
     # wait out a long Retry-After pause, nor send a request granted after it.
     limiter = QuotaLimiter(
@@ -291,6 +356,8 @@ async def execute(
             _write_run_json(settings, plan, out_dir)
         done, read_back = await _open_run(ledger, settings, plan, out_dir, resume)
         hooks.on_start(plan.run_id, out_dir)
+        for note in unchecked_notes(plan, again=resume or plan.parent_run_id is not None):
+            hooks.on_note(note)
         ep = await stack.enter_async_context(endpoints(settings))
         warn_if_insecure(settings, ep)
         session = await stack.enter_async_context(
@@ -322,7 +389,11 @@ async def execute(
             read_back_seqs=read_back,
             lineage=Lineage(plan.parent_run_id) if plan.parent_run_id else None,
         )
-        await engine.run(plan_items(plan, ledger, on_diff=hooks.on_diff, on_note=hooks.on_note))
+        await engine.run(
+            plan_items(
+                plan, ledger, on_diff=hooks.on_diff, on_note=hooks.on_note, stop=hooks.stop
+            )
+        )
         await ledger.flush()
         counts = await ledger.outcome_counts(plan.run_id)
         interrupted = hooks.stop.is_set() and engine.abort is None

@@ -11,12 +11,19 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import SECRET_FIELDS, Settings, load_settings, read_secret_file
+from pipeline.config import (
+    PATH_FIELDS,
+    SECRET_FIELDS,
+    Settings,
+    load_settings,
+    read_secret_file,
+)
 from pipeline.errors import ConfigError
 from pipeline.ledger import Ledger
 from pipeline.models import RecordKind
 from pipeline.outcomes import Outcome
-from pipeline.plan import RunPlan, absolute, check_unchanged, fingerprint, read_run_json
+from pipeline.pathtext import from_text, to_text
+from pipeline.plan import RunPlan, absolute, check_inputs, fingerprint, read_run_json
 from pipeline.run import LEDGER_FILE, new_run_id
 from pipeline.sources import check_paths
 
@@ -43,7 +50,6 @@ _SETTING_FLAGS = (
 # Settings a run records and `resume` / `resubmit` reuse: all but the profile's name (given
 # separately) and the secret (never recorded).
 _REUSED = frozenset(Settings.model_fields) - {"env", *SECRET_FIELDS}
-_PATH_SETTINGS = ("state_dir", "client_cert", "client_key", "ca_file", "enumerations_file")
 
 
 def settings_from(
@@ -56,7 +62,7 @@ def settings_from(
     The client secret is never stored, so it comes from the environment or a flag as ever.
     """
     overrides: dict[str, Any] = {
-        name: value
+        name: from_text(value) if name in PATH_FIELDS else value
         for name, value in (stored or {}).items()
         if name in _REUSED and value is not None
     }
@@ -73,7 +79,7 @@ def settings_from(
         config_dir=getattr(args, "config_dir", None),
     )
     # Absolute, so that `resume` finds the ledger and the certificates from any directory.
-    paths = {name: getattr(settings, name) for name in _PATH_SETTINGS}
+    paths = {name: getattr(settings, name) for name in PATH_FIELDS}
     return settings.model_copy(
         update={name: path.absolute() for name, path in paths.items() if path is not None}
     )
@@ -102,7 +108,7 @@ def _ledgers(args: argparse.Namespace, found: dict[str, Any] | None) -> list[Pat
     if flag is not None:
         return [Path(flag).absolute() / LEDGER_FILE]
     if recorded:
-        return [Path(recorded) / LEDGER_FILE]
+        return [Path(from_text(recorded)) / LEDGER_FILE]
     state_dir = settings_from(args).state_dir
     root = Settings.model_fields["state_dir"].default.absolute()
     candidates = [state_dir / LEDGER_FILE]
@@ -163,9 +169,9 @@ def _same_as_run(args: argparse.Namespace, plan: RunPlan) -> None:
     repeats must be what the run was started with."""
     differ = []
     if args.paths and absolute(args.paths) != plan.inputs:
-        differ.append(f"inputs {' '.join(plan.inputs)}")
+        differ.append(f"inputs {' '.join(map(to_text, plan.inputs))}")
     if args.out is not None and str(args.out.resolve()) != plan.out_dir:
-        differ.append(f"--out {plan.out_dir}")
+        differ.append(f"--out {to_text(plan.out_dir)}")
     if args.kind is not None and args.kind != plan.kind.value:
         differ.append(f"--kind {plan.kind.value}")
     if args.force is not None and args.force != plan.force:
@@ -226,11 +232,10 @@ async def chosen_run(args: argparse.Namespace) -> tuple[Settings, RunPlan, bool]
     found, ledger = await find_run(args, args.run)
     stored = dict(found.get("settings") or {})
     # The ledger that holds the run, even if the run was found by its directory.
-    stored["state_dir"] = str(ledger.parent)
+    stored["state_dir"] = to_text(str(ledger.parent))
     settings = settings_from(args, env=stored.get("env"), stored=stored)
     parent = RunPlan.from_json(found)
-    check_paths(parent.inputs)
-    check_unchanged(parent)
+    check_inputs(parent)
     if args.command == "resume":
         _same_as_run(args, parent)
         return settings, parent, True

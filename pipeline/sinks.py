@@ -24,8 +24,11 @@ from typing import Any, Self
 
 import orjson
 
+from pipeline.display import shown
 from pipeline.errors import OutputError
+from pipeline.openfiles import shortage
 from pipeline.outcomes import Outcome, OutcomeRecord
+from pipeline.pathtext import to_text
 from pipeline.private_files import private_dir, write_all, write_json_atomic
 
 PROBLEMS_CSV = "problems.csv"
@@ -41,11 +44,12 @@ PROBLEM_COLUMNS = (
     "source_line",
 )
 _WITH_PROBLEMS = frozenset({Outcome.REJECTED, Outcome.CONDITIONAL})
-# A spreadsheet runs a cell that starts with one of these as a formula, and a detail string
-# comes from the far side of an API: OWASP's advice for CSV injection is to prefix such a
-# cell with a single quote, which the spreadsheet shows as text
-# (https://owasp.org/www-community/attacks/CSV_Injection).
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet runs a cell that starts with one of these as a formula (some read the
+# full-width forms as the ASCII ones), and a detail string comes from the far side of an
+# API: such a cell is prefixed with a single quote, which the spreadsheet shows as text.
+# A cell that starts with a tab, a carriage return or a space is escaped by `shown`, so it
+# starts with a quote already.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
 def outcome_file(outcome: Outcome) -> str:
@@ -76,7 +80,7 @@ class OutcomeSink:
             self._problems_fd = self._open(PROBLEMS_CSV)
             # The header goes in once, also when a resumed run adds to an existing file.
             if os.fstat(self._problems_fd).st_size == 0:
-                write_all(self._problems_fd, _csv_rows([PROBLEM_COLUMNS]))
+                self._put(PROBLEMS_CSV, self._problems_fd, _csv_rows([PROBLEM_COLUMNS]))
         except BaseException:
             self._close()
             raise
@@ -119,9 +123,10 @@ class OutcomeSink:
     def _cannot_write(self, name: str, exc: OSError) -> OutputError:
         # The ledger commits each outcome after its line is written here, so it has all of
         # them but this one, whose write attempt it still holds: resume settles that one.
+        fix = shortage(exc) or "make room"
         return OutputError(
             f"cannot write {self._dir / name}: {exc.strerror or exc}. Every outcome so far is"
-            f" in the ledger: make room, then `wem-der resume {self._dir}` rebuilds the"
+            f" in the ledger: {fix}, then `wem-der resume {self._dir}` rebuilds the"
             " outcome files and finishes the run"
         )
 
@@ -140,7 +145,13 @@ class OutcomeSink:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         if not self._append:
             flags |= os.O_TRUNC
-        return os.open(self._dir / name, flags, 0o600)
+        try:
+            return os.open(self._dir / name, flags, 0o600)
+        except OSError as exc:
+            fix = shortage(exc) or "check --out"
+            raise OutputError(
+                f"cannot open {self._dir / name}: {exc.strerror or exc}; {fix}"
+            ) from None
 
     def _close(self) -> None:
         for fd in [*self._fds.values(), self._problems_fd]:
@@ -173,9 +184,9 @@ def rewriting(out_dir: Path) -> Iterator[OutcomeSink]:
 def _problem_rows(outcome: OutcomeRecord) -> list[tuple[str, ...]]:
     """One row per error and exception; one row from `reason` when AEMO gave none."""
     source = outcome.source
-    common = (outcome.transaction_id, source.path, source.line)
+    common = (outcome.transaction_id, to_text(source.path), source.line)
     # AEMO's errors carry {code, title, detail}; its exceptions (NEM shape) carry
-    # {code, name, details} (API-NOTES.md, "Error envelope" and "Second-level validation").
+    # {code, name, details} (docs/aemo-contract.md, "Error envelope", "Second-level validation").
     problems = [
         (
             item.get("code"),
@@ -194,9 +205,10 @@ def _problem_rows(outcome: OutcomeRecord) -> list[tuple[str, ...]]:
 
 
 def _cell(value: object) -> str:
+    """A CSV cell that neither a terminal (`cat problems.csv`) nor a spreadsheet acts on."""
     if value is None:
         return ""
-    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    text = shown(value if isinstance(value, str) else orjson.dumps(value).decode())
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 

@@ -1,8 +1,8 @@
 """Validation: a decoded JSON value is found to be a record, or the reasons it is not one.
 
 Validation never raises to the caller: `validate_record` returns the record or a list of
-`FieldIssue`, each naming the JSON path of the offending field, so that pre-flight (and
-the simulator's schema check) can report every problem of a record at once.
+`FieldIssue`, each naming the JSON path of the offending field, so that pre-flight can
+report every problem of a record at once.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pipeline.answers import Counters, KnownRefusal, first_error, transaction_id
 from pipeline.auth import TokenProvider
 from pipeline.client import ApiClient
-from pipeline.codec import ApiAnswer, BodyTooLarge, EncodedBody
+from pipeline.codec import ApiAnswer, EncodedBody
 from pipeline.errors import Misconfigured
 from pipeline.ledger import Ledger
 from pipeline.limiter import QuotaLimiter
@@ -238,12 +238,9 @@ class Submitter:
         content. A read-back that finds it reports that action.
         """
         started = self._clock()
-        try:
-            body = self._client.encode(request_body(rec.kind, rec.payload))
-        except BodyTooLarge as exc:
-            return self._outcome(
-                rec, Outcome.INVALID, action=None, attempts=0, started=started, reason=str(exc)
-            )
+        # Pre-flight refused any record whose body, compressed as here, is over the limit
+        # (preflight.body_issue), so that validate and submit agree on it.
+        body = self._client.encode(request_body(rec.kind, rec.payload))
         action = self._first_action(rec)
         budget = Budget(self._policy, clock=self._clock)
         attempts = 0

@@ -141,11 +141,16 @@ def wem_der(*args: str) -> Result:
     return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
-def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    """Start `wem-der ARGS` in the background (output in `log`), for a test to kill."""
+def start(*args: str, log: Path, stdin: int | None = None) -> subprocess.Popen[bytes]:
+    """Start `wem-der ARGS` in the background (output in `log`), for a test to kill;
+    `stdin` as for `subprocess.Popen` (PIPE: the test writes the records)."""
     with log.open("wb") as sink:
         return subprocess.Popen(
-            [PYTHON, "-m", "pipeline", *args], stdout=sink, stderr=sink, env=_environ()
+            [PYTHON, "-m", "pipeline", *args],
+            stdin=stdin,
+            stdout=sink,
+            stderr=sink,
+            env=_environ(),
         )
 
 

@@ -358,10 +358,26 @@ async def test_the_corpus_end_to_end(tmp_path: Path) -> None:
         found = outcome_lines(out)
         wanted = expected_places(paths, expect)
         assert sorted(found, key=str) == sorted(wanted, key=str)
+        # A good record the register holds already (the files repeat some records) is a
+        # duplicate of the earlier line that sent it: skipped. The others are sent, and the
+        # register holds, per NMI, one version per accepted record, in input order, each
+        # exactly as written (escaped control characters, 2**64 - 1 and 1e308 included).
+        sent: dict[str, list[Any]] = {}
+        duplicates = set()
+        for key, value in (await read_values([str(p) for p in paths])).items():
+            if key in wanted and wanted[key] is None:
+                versions = sent.setdefault(value["nmi"], [])
+                if versions and versions[-1] == value:
+                    duplicates.add(key)
+                else:
+                    versions.append(value)
         problems = []
         for key, fragments in wanted.items():
             line = found[key]
-            if fragments is None:
+            if key in duplicates:
+                if line["outcome"] != "skipped" or "duplicates " not in line["reason"]:
+                    problems.append(f"{key}: {line['outcome']} {line['reason']}")
+            elif fragments is None:
                 if line["outcome"] != "accepted":
                     problems.append(f"{key}: {line['outcome']} {line['reason']}")
             elif line["outcome"] != "invalid" or not all(
@@ -369,18 +385,15 @@ async def test_the_corpus_end_to_end(tmp_path: Path) -> None:
             ):
                 problems.append(f"{key}: {line['outcome']} {line['reason']!r}")
         assert not problems, "\n".join(problems)
-        # The register holds, per NMI, one version per accepted record, in input order, each
-        # exactly as written (escaped control characters, 2**64 - 1 and 1e308 included).
-        sent: dict[str, list[Any]] = {}
-        for key, value in (await read_values([str(p) for p in paths])).items():
-            if key in wanted and wanted[key] is None:
-                sent.setdefault(value["nmi"], []).append(value)
         held = {nmi: [unstamped(v.record) for v in versions] for nmi, versions in history.items()}
         assert held == sent
         summary = read_summary(out)
         invalid = sum(fragments is not None for fragments in wanted.values())
         assert (summary["records"], summary["invalid"]) == (len(wanted), invalid)
-        assert summary["accepted"] == len(wanted) - invalid
+        assert (summary["accepted"], summary["skipped"]) == (
+            len(wanted) - invalid - len(duplicates),
+            len(duplicates),
+        )
 
 
 async def test_same_nmi_twice_is_sent_in_order(tmp_path: Path) -> None:
@@ -410,10 +423,11 @@ async def test_a_file_that_shrinks_while_read(
         shrinks = write_jsonl(tmp_path / "shrinks.jsonl", records)
         after = write_jsonl(tmp_path / "after.jsonl", [{"nmi": "8001000099"}])
         original = sources._read
+        size = shrinks.stat().st_size
 
-        def read(file: Any, *, expected: int | None) -> Iterator[bytes]:
-            chunks = original(file, expected=expected)
-            if file.name != str(shrinks):
+        def read(*args: Any, expected: int | None = None, **kwargs: Any) -> Iterator[bytes]:
+            chunks = original(*args, expected=expected, **kwargs)
+            if expected != size:
                 yield from chunks
                 return
             yield next(chunks)

@@ -67,6 +67,8 @@ def outcome(
         action=Action.CREATE,
         http_status=200 if result in {Outcome.ACCEPTED, Outcome.CONDITIONAL} else 400,
         transaction_id=txn,
+        # An invalid outcome must say why (OutcomeRecord refuses one that does not).
+        errors=[{"code": "local", "detail": "x"}] if result is Outcome.INVALID else [],
         content_hash=content_hash,
         run_id="r1",
     )
