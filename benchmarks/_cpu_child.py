@@ -13,7 +13,7 @@ parent reads the whole process (imports included) from the kernel as well.
 The floor is the least any Python client must spend to send these records: a bare
 aiohttp loop posting payloads encoded before the clock starts, at the same concurrency,
 reading each answer, with nothing recorded. `--tuned-gc` gives it wem-der's garbage
-collector settings (`pipeline.cli.tune_gc`), to show what of the gap those settings close.
+collector settings (`wem_der.cli.main.tune_gc`), to show what of the gap those settings close.
 
 The do-it-yourself floor (`diy`) is the least an honest client must spend: everything the
 bare floor does, plus the per-record work no client can skip, all inside the clock. It
@@ -43,21 +43,21 @@ from typing import Any
 import aiohttp
 import orjson
 
-# The same level and mtime as pipeline.codec, so the floor sends the same bytes.
+# The same level and mtime as wem_der.send.body, so the floor sends the same bytes.
 GZIP_LEVEL = 6
 TOKEN_ENV = "BENCH_BEARER_TOKEN"
 
 
 def _pipeline(argv: list[str], profile: Path | None) -> dict[str, Any]:
     # What `wem-der` imports lazily, imported before the clock starts.
-    import pipeline.cli
-    import pipeline.commands
-    import pipeline.run
+    import wem_der.cli.commands
+    import wem_der.cli.main
+    import wem_der.run.wiring
 
     threads = _count_thread_cpu()
     cpu, wall, main_cpu = time.process_time(), time.perf_counter(), time.thread_time()
     with _profiled(profile):
-        code = pipeline.cli.main(argv)
+        code = wem_der.cli.main.main(argv)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     threads["main"] = time.thread_time() - main_cpu
     return {"exit_code": code, "cpu_s": cpu, "wall_s": wall, "threads_cpu_s": threads}
@@ -240,7 +240,7 @@ def main() -> int:
     else:
         bodies = _bodies(args.input)
         if args.tuned_gc:
-            from pipeline.cli import tune_gc
+            from wem_der.cli.main import tune_gc
 
             tune_gc()
         # The token comes through the environment: a command line shows in `ps`.

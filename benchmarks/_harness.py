@@ -32,15 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from pipeline.samples import installations
+from wem_der.records.samples import installations
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 PYTHON = sys.executable
 LAUNCHER = REPO / "benchmarks" / "_launch.py"
-# `python -m pipeline` is the `wem-der` console script, without depending on PATH.
-WEM_DER = (PYTHON, "-m", "pipeline")
+# `python -m wem_der` is the `wem-der` console script, without depending on PATH.
+WEM_DER = (PYTHON, "-m", "wem_der")
 CLIENT_ID = "bench-client"
 PARTICIPANT_ID = "BENCHNSP"
 # A quota no benchmark run comes near: "the quota lifted".
@@ -157,7 +156,7 @@ def write_installations(
     """`count` realistic installation records as JSON Lines (NMIs from `start`).
 
     `nmi_prefix` replaces the first four characters of each NMI, to draw NMIs from a range
-    `pipeline.samples` does not reach (its NMIs are 8001 and six digits).
+    `wem_der.records.samples` does not reach (its NMIs are 8001 and six digits).
     """
     with path.open("wb") as fh:
         batch: list[bytes] = []

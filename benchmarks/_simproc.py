@@ -2,7 +2,7 @@
 
     python -m benchmarks._simproc [the flags of `wem-der simulate`]
 
-The simulator is the package's own (`pipeline.simulator.Simulator`, same flags as
+The simulator is the package's own (`wem_der.simulator.Simulator`, same flags as
 `wem-der simulate`), with one addition for benchmarks: its quota also keeps the
 `time.monotonic()` of every DER request as it arrives, refused ones included. A second,
 tiny server (the control port) serves that log, so the simulator's own routes are
@@ -23,10 +23,9 @@ from array import array
 
 import orjson
 from aiohttp import web
-
-from pipeline.simulator import Simulator
-from pipeline.simulator.cli_args import add_arguments, settings_from_args
-from pipeline.simulator.quota import SlidingWindowQuota
+from wem_der.simulator import Simulator
+from wem_der.simulator.cli_args import add_arguments, settings_from_args
+from wem_der.simulator.quota import SlidingWindowQuota
 
 
 class RecordingQuota(SlidingWindowQuota):

@@ -16,7 +16,7 @@ own (`benchmarks._cpu_child`):
 - wem-der: `wem-der submit FILE` at the same concurrency, from reading the file to the
   summary (pre-flight, ledger, outcome files and all), its imports done before the clock;
 - the floor again with wem-der's garbage collector settings, which wem-der sets for a run
-  (`pipeline.cli.tune_gc`): how much of the ratio those settings alone are worth.
+  (`wem_der.cli.main.tune_gc`): how much of the ratio those settings alone are worth.
 
 "run CPU" is `time.process_time()` around the run inside the child (all threads, user +
 system); "process CPU" is the whole process as the kernel accounts it (wait4), interpreter
@@ -207,14 +207,14 @@ def stage_costs(source: Path, scratch: Path) -> list[tuple[str, float, float]]:
     and as the do-it-yourself floor does it, each run alone over the same records in this
     process: (stage, wem-der, diy). What the two do not share (the ledger, the engine's
     bookkeeping, logging) is not here; it is the rest of the gap."""
-    from pipeline.codec import Compression, encode_body, parse_answer
-    from pipeline.decode import items_from_chunks
-    from pipeline.models import RecordKind
-    from pipeline.outcomes import Action, Outcome, OutcomeRecord, PreparedRecord
-    from pipeline.preflight import Preflight
-    from pipeline.routes import request_body
-    from pipeline.sinks import OutcomeSink
-    from pipeline.sources import MAX_ITEM_BYTES
+    from wem_der.ledger.outcome_files import OutcomeSink
+    from wem_der.read.formats import items_from_chunks
+    from wem_der.read.sources import MAX_ITEM_BYTES
+    from wem_der.records.outcomes import Action, Outcome, OutcomeRecord, PreparedRecord
+    from wem_der.records.preflight import Preflight
+    from wem_der.records.shapes import RecordKind
+    from wem_der.send.body import Compression, encode_body, parse_answer
+    from wem_der.send.routes import request_body
 
     kind = RecordKind.INSTALLATION
     data = source.read_bytes()

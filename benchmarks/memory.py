@@ -6,7 +6,7 @@ Each size runs `wem-der submit FILE` in a fresh process, with a fresh state dire
 against one simulator in a separate process with the quota lifted (the register is reset
 between sizes), so the figure is wem-der's alone. Peak RSS is the kernel's ru_maxrss for
 that process (wait4), interpreter and imports included. The records are generated
-(`pipeline.samples`, about 1.2 kB of JSON each) into a file first.
+(`wem_der.records.samples`, about 1.2 kB of JSON each) into a file first.
 
 Goal: under 150 MB at every size, and the largest two sizes within 10 % of each other:
 memory must not grow with the input (bounded queues, streamed input, outcomes written as

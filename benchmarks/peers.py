@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wem_der.send.quota import parse_rate
+
 from benchmarks._harness import (
     PYTHON,
     REPO,
@@ -50,7 +52,6 @@ from benchmarks._harness import (
     write_installations,
     write_result,
 )
-from pipeline.limiter import parse_rate
 
 NODE_PREFIX = REPO / "benchmarks" / ".node"
 NEWMAN_JS = NODE_PREFIX / "node_modules" / "newman" / "bin" / "newman.js"

@@ -36,6 +36,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from wem_der.send.quota import parse_rate
+
 from benchmarks._harness import (
     WEM_DER,
     BenchError,
@@ -48,7 +50,6 @@ from benchmarks._harness import (
     write_installations,
     write_result,
 )
-from pipeline.limiter import parse_rate
 
 GOAL_USE = 0.98
 

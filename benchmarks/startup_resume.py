@@ -7,7 +7,7 @@ separate process, quota lifted, register reset before each case. Times are from 
 moment the parent spawns `wem-der` to the first request the simulator sees (both read
 CLOCK_MONOTONIC, one clock for the whole machine) and to the process's exit:
 
-  imports            `python -c "import pipeline.commands, pipeline.run"`: the floor
+  imports            `python -c "import wem_der.cli.commands, wem_der.run.wiring"`: the floor
   submit, fresh      `wem-der submit R.jsonl` with an empty state directory
   resume, empty      `wem-der resume RUN` of a run of R records of which none is done
   resume, 1M done    `wem-der resume RUN` of a run of ROWS + R records of which the first
@@ -16,7 +16,7 @@ CLOCK_MONOTONIC, one clock for the whole machine) and to the process's exit:
   submit, 1M ledger  `wem-der submit R.jsonl` into the state directory holding that ledger
 
 The run of ROWS done records is built directly with the pipeline's own ledger statements
-(`pipeline.ledger_schema`), as a run killed after ROWS records would have left it: each
+(`wem_der.ledger.schema`), as a run killed after ROWS records would have left it: each
 record's attempt answered and settled, its outcome line recorded, the NMI's last success
 noted. Its remainder is the tail of its input, the worst case for the first request (a
 resume reads its whole input to find the records not done).
@@ -37,6 +37,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from wem_der.ledger import schema as sql
+from wem_der.ledger.store import Ledger
+from wem_der.records.outcomes import Action, Outcome, OutcomeRecord, SourceRef
+from wem_der.records.samples import nmi
+from wem_der.records.shapes import RecordKind
+from wem_der.run.plan import RunPlan
+from wem_der.run.wiring import LEDGER_FILE
+
 from benchmarks._harness import (
     PYTHON,
     WEM_DER,
@@ -50,13 +58,6 @@ from benchmarks._harness import (
     write_installations,
     write_result,
 )
-from pipeline import ledger_schema as sql
-from pipeline.ledger import Ledger
-from pipeline.models import RecordKind
-from pipeline.outcomes import Action, Outcome, OutcomeRecord, SourceRef
-from pipeline.plan import RunPlan
-from pipeline.run import LEDGER_FILE
-from pipeline.samples import nmi
 
 KIND = RecordKind.INSTALLATION
 CHUNK = 50_000
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows, remainder = args.rows, args.remainder
     if rows > 1_000_000:
-        raise SystemExit("--rows: pipeline.samples has NMIs for at most 1,000,000 records")
+        raise SystemExit("--rows: wem_der.records.samples has NMIs for at most 1,000,000 records")
     cases: list[dict[str, Any]] = []
     with workdir("startup", keep=args.keep) as directory:
         print("generating inputs ...", file=sys.stderr, flush=True)
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--rate-limit", "1000000/1s", *flags,
                 ]  # fmt: skip
 
-            imports = [PYTHON, "-c", "import pipeline.commands, pipeline.run"]
+            imports = [PYTHON, "-c", "import wem_der.cli.commands, wem_der.run.wiring"]
             plan_of = [
                 ("imports", imports, 0, None),
                 ("submit, fresh", submit("state-fresh", small, "fresh"), remainder, "o-fresh"),

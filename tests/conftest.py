@@ -6,8 +6,7 @@ import gc
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-
-from pipeline.cli import tune_gc
+from wem_der.cli.main import tune_gc
 
 # Assertions in the end-to-end helpers explain themselves like those in test modules.
 pytest.register_assert_rewrite("tests.e2e", "tests.leaks")
@@ -46,7 +45,7 @@ def register(sim: Sim) -> Sim:
 
 @pytest.fixture
 def run_gc() -> Iterator[None]:
-    """The garbage collector as a run sets it (`pipeline.cli.tune_gc`), for one test.
+    """The garbage collector as a run sets it (`wem_der.cli.main.tune_gc`), for one test.
 
     A test on `FastClock` keeps real time, and allows a request 0.1 s of it between its
     grant and its arrival at the simulator, as the production quota margin does. A full

@@ -29,16 +29,15 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import SecretStr
-
-from pipeline.config import Settings
-from pipeline.models import RecordKind
-from pipeline.outcomes import Outcome
-from pipeline.plan import RunPlan
-from pipeline.run import Clock, Hooks, RunResult, Sleep, execute, new_run_id
-from pipeline.samples import installations
-from pipeline.simulator import Simulator, SimulatorSettings
-from pipeline.simulator import app as sim_app
-from pipeline.simulator.state import STATE
+from wem_der.config import Settings
+from wem_der.records.outcomes import Outcome
+from wem_der.records.samples import installations
+from wem_der.records.shapes import RecordKind
+from wem_der.run.plan import RunPlan
+from wem_der.run.wiring import Clock, Hooks, RunResult, Sleep, execute, new_run_id
+from wem_der.simulator import Simulator, SimulatorSettings
+from wem_der.simulator import app as sim_app
+from wem_der.simulator.state import STATE
 
 CLIENT_ID = "e2e-client"
 SECRET = "e2e-secret-7f3a9c"  # a throwaway secret the simulator is told to expect
@@ -317,14 +316,14 @@ async def cli(
     stderr: int = PIPE,
     redirect: str | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m pipeline ARGS`; killed if the test leaves before it ends.
+    """`python -m wem_der ARGS`; killed if the test leaves before it ends.
 
     Each stream is PIPE, DEVNULL or a file descriptor. `env` goes on top of a WEMDER_-free
     environment; `umask` -1 keeps ours. `redirect`, sh syntax such as `2>&-`, `>&-` or
     `2>/dev/full`, is applied to the child's streams after those: the command then runs as
-    `sh -c 'exec "$@" REDIRECT' sh PYTHON -m pipeline ARGS`.
+    `sh -c 'exec "$@" REDIRECT' sh PYTHON -m wem_der ARGS`.
     """
-    argv = [PYTHON, "-m", "pipeline", *args]
+    argv = [PYTHON, "-m", "wem_der", *args]
     if redirect is not None:
         argv = ["sh", "-c", f'exec "$@" {redirect}', "sh", *argv]
     proc = await asyncio.create_subprocess_exec(
@@ -348,7 +347,7 @@ async def run_cli(
     stderr: int = PIPE,
     redirect: str | None = None,
 ) -> Done:
-    """`python -m pipeline ARGS` to its end, `stdin` on its standard input; a stream given
+    """`python -m wem_der ARGS` to its end, `stdin` on its standard input; a stream given
     as a file descriptor (not PIPE) is "" in the result. `redirect` as for `cli`."""
     async with cli(args, cwd, stdout=stdout, stderr=stderr, redirect=redirect) as proc:
         out, err = await proc.communicate(stdin)
@@ -364,7 +363,7 @@ async def wem_der(
     umask: int = -1,
     timeout_s: float = 60,
 ) -> Done:
-    """`python -m pipeline ARGS` to its end (killed after `timeout_s`), stdin empty, `env` on
+    """`python -m wem_der ARGS` to its end (killed after `timeout_s`), stdin empty, `env` on
     top of a WEMDER_-free environment; `umask` -1 keeps ours."""
     async with cli(args, cwd, env=env, umask=umask, stdin=DEVNULL) as proc:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)

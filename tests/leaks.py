@@ -20,8 +20,7 @@ from typing import Protocol
 import orjson
 import pytest
 import structlog
-
-from pipeline.simulator.tokens import TokenIssuer
+from wem_der.simulator.tokens import TokenIssuer
 
 
 @dataclass
@@ -105,7 +104,7 @@ def assert_nothing_leaked(
 @contextlib.contextmanager
 def json_logs() -> Iterator[io.BytesIO]:
     """structlog rendering JSON lines into a buffer, as `wem-der --log-format json` does
-    (pipeline/cli.py), at debug level so that nothing is filtered out before it is seen.
+    (pipeline/wem_der/cli/main.py), at debug level so that nothing is filtered out before it is seen.
 
     Loggers are not cached, and the defaults come back afterwards, so no later test writes
     into this buffer.

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from wem_der.records.outcomes import Outcome
 
-from pipeline.outcomes import Outcome
 from tests.e2e import PYTHON, Done, clean_environ
 
 # A secret the tests can look for in everything the tool writes: it must appear nowhere.
@@ -106,7 +106,7 @@ def simulator(directory: Path, *flags: str) -> Iterator[Sim]:
     secret_file.write_text(SECRET + "\n")
     out = directory / "simulator.out"
     with out.open("wb") as stdout, (directory / "simulator.err").open("wb") as stderr:
-        command = [PYTHON, "-m", "pipeline", "simulate", "--port", "0"]
+        command = [PYTHON, "-m", "wem_der", "simulate", "--port", "0"]
         command += ["--db", str(directory / "register.sqlite3")]
         command += ["--client-secret-file", str(secret_file), *flags]
         proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=_environ())
@@ -132,7 +132,7 @@ def simulator(directory: Path, *flags: str) -> Iterator[Sim]:
 def wem_der(*args: str) -> Result:
     """Run `wem-der ARGS` to its end."""
     done = subprocess.run(
-        [PYTHON, "-m", "pipeline", *args],
+        [PYTHON, "-m", "wem_der", *args],
         capture_output=True,
         timeout=RUN_TIMEOUT_S,
         env=_environ(),
@@ -146,7 +146,7 @@ def start(*args: str, log: Path, stdin: int | None = None) -> subprocess.Popen[b
     `stdin` as for `subprocess.Popen` (PIPE: the test writes the records)."""
     with log.open("wb") as sink:
         return subprocess.Popen(
-            [PYTHON, "-m", "pipeline", *args],
+            [PYTHON, "-m", "wem_der", *args],
             stdin=stdin,
             stdout=sink,
             stderr=sink,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.models import SERVER_FIELDS
+from wem_der.records.shapes import SERVER_FIELDS
 
 
 def unstamped(value: Any) -> Any:

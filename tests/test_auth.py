@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
+from wem_der.errors import CredentialsRefused, Misconfigured, RunAborted
+from wem_der.send.auth import TokenProvider
 
-from pipeline.auth import TokenProvider
-from pipeline.errors import CredentialsRefused, Misconfigured, RunAborted
 from tests.scripted import Reply, Scripted
 
 SECRET = "s3cr3t-VALUE-never-shown"

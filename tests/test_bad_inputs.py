@@ -17,11 +17,11 @@ from typing import Any
 
 import orjson
 import pytest
+from wem_der.read import sources
+from wem_der.read.formats import READ_SIZE
+from wem_der.read.sources import iter_items
+from wem_der.simulator import Simulator
 
-from pipeline import sources
-from pipeline.decode import READ_SIZE
-from pipeline.simulator import Simulator
-from pipeline.sources import iter_items
 from tests.e2e import (
     assert_each_once,
     endpoint_flags,

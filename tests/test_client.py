@@ -14,9 +14,10 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
-
-from pipeline.auth import TokenProvider
-from pipeline.client import (
+from wem_der.errors import ConfigError, Misconfigured
+from wem_der.send.auth import TokenProvider
+from wem_der.send.body import BodyTooLarge, Compression
+from wem_der.send.client import (
     SPARE_CONNECTIONS,
     ApiClient,
     ConnectionLost,
@@ -24,8 +25,7 @@ from pipeline.client import (
     build_ssl_context,
     make_session,
 )
-from pipeline.codec import BodyTooLarge, Compression
-from pipeline.errors import ConfigError, Misconfigured
+
 from tests.scripted import Reply, Scripted, serve
 
 RECORD = {"data": {"nmi": "8001234567", "comments": "x" * 2000}}

@@ -9,8 +9,7 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-
-from pipeline.codec import (
+from wem_der.send.body import (
     ApiAnswer,
     BodyTooLarge,
     Compression,

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.samples import installations
+from wem_der.records.samples import installations
+
 from tests.e2e import read_summary, write_jsonl
 from tests.processes import Sim, outcome_lines, run_id_of, wem_der
 

@@ -1,6 +1,6 @@
 """The fault matrix: every fault profile of the simulator against the invariants of a run.
 
-    profiles in pipeline/simulator/data/faults/*.toml, plus variants  x  one `submit` each
+    profiles in pipeline/wem_der/simulator/data/faults/*.toml, plus variants  x  one `submit` each
         --> every input record in exactly one outcome, all of them stored
         --> at the register: each NMI once, holding exactly what was sent, no duplicate create
         --> no window of the quota over COUNT, at the client or at the server
@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import wem_der.simulator
+from wem_der.simulator import FaultProfile, Simulator
 
-import pipeline.simulator
-from pipeline.simulator import FaultProfile, Simulator
 from tests.e2e import (
     CLIENT_ID,
     SECRET,
@@ -53,7 +53,7 @@ from tests.register import unstamped
 
 pytestmark = pytest.mark.usefixtures("run_gc")
 
-FAULTS = Path(pipeline.simulator.__file__).parent / "data" / "faults"
+FAULTS = Path(wem_der.simulator.__file__).parent / "data" / "faults"
 RECORDS = 100
 CONDITIONAL_EVERY = 10  # every tenth record uses an inverter the register flags (code 2023)
 # The quota: COUNT requests per WINDOW_REAL_S real seconds, so RECORDS take four windows
@@ -161,7 +161,7 @@ def test_the_matrix_covers_every_kind_of_fault() -> None:
 
 def lax_rules(directory: Path) -> Path:
     """The bundled rules with "installation already exists" switched off."""
-    text = resources.files("pipeline.simulator").joinpath("data/rules.toml").read_text("utf-8")
+    text = resources.files("wem_der.simulator").joinpath("data/rules.toml").read_text("utf-8")
     header = "[first_level.installation_exists]\n"
     assert text.count(header) == 1
     path = directory / "lax-rules.toml"

@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 import pytest
+from wem_der.ledger.outcome_files import OutcomeSink
+from wem_der.records.outcomes import Outcome, OutcomeRecord, SourceRef
+from wem_der.records.samples import installations, nmi_record
+from wem_der.records.shapes import RecordKind
+from wem_der.report.display import shown
+from wem_der.send.body import MAX_BODY_BYTES
 
-from pipeline.codec import MAX_BODY_BYTES
-from pipeline.display import shown
-from pipeline.models import RecordKind
-from pipeline.outcomes import Outcome, OutcomeRecord, SourceRef
-from pipeline.samples import installations, nmi_record
-from pipeline.sinks import OutcomeSink
 from tests import e2e
 from tests.processes import Sim, wem_der
 from tests.scripted import Reply, serve

@@ -23,10 +23,10 @@ from typing import Any
 
 import orjson
 import pytest
+from wem_der.read.formats import items_from_chunks
+from wem_der.read.sources import MAX_ITEM_BYTES, iter_items
+from wem_der.records.outcomes import SourceItem
 
-from pipeline.decode import items_from_chunks
-from pipeline.outcomes import SourceItem
-from pipeline.sources import MAX_ITEM_BYTES, iter_items
 from tests.e2e import records, write_jsonl
 from tests.processes import (
     RUN_TIMEOUT_S,

@@ -21,10 +21,10 @@ from typing import Any
 
 import orjson
 import pytest
+from wem_der.records.samples import installations
+from wem_der.run import stages as engine
+from wem_der.simulator import Simulator
 
-from pipeline import engine
-from pipeline.samples import installations
-from pipeline.simulator import Simulator
 from tests.e2e import (
     PYTHON,
     Tap,
@@ -281,7 +281,7 @@ def test_a_thousand_files_under_a_low_open_file_limit(
     out = tmp_path / "out"
     args = ["submit", *map(str, paths), "--out", str(out), "--no-progress"]
     done = subprocess.run(
-        [PYTHON, "-m", "pipeline", *args, "--state-dir", str(tmp_path / "state")],
+        [PYTHON, "-m", "wem_der", *args, "--state-dir", str(tmp_path / "state")],
         capture_output=True,
         timeout=RUN_TIMEOUT_S,
         env=clean_environ(),
@@ -307,11 +307,11 @@ def test_a_thousand_files_under_a_low_open_file_limit(
 EXHAUSTED = """
 import asyncio, os, sys
 from pathlib import Path
-from pipeline.errors import WemDerError
-from pipeline.ledger import Ledger
-from pipeline.models import RecordKind
-from pipeline.outcomes import Outcome, OutcomeRecord, SourceRef
-from pipeline.sinks import OutcomeSink
+from wem_der.errors import WemDerError
+from wem_der.ledger.store import Ledger
+from wem_der.records.shapes import RecordKind
+from wem_der.records.outcomes import Outcome, OutcomeRecord, SourceRef
+from wem_der.ledger.outcome_files import OutcomeSink
 
 def exhaust(spare):
     held = []
@@ -399,7 +399,7 @@ def test_a_sort_that_needs_a_temporary_file_says_why_it_failed(tmp_path: Path) -
     script = """
 import sqlite3, sys
 from pathlib import Path
-from pipeline.ledger_schema import BEGIN_ATTEMPT, open_ledger
+from wem_der.ledger.schema import BEGIN_ATTEMPT, open_ledger
 conn = open_ledger(Path(sys.argv[1]), busy_timeout_s=5)
 conn.execute("BEGIN")
 conn.executemany(BEGIN_ATTEMPT, (("r1", n, "installation", "8001", "create", "h",
@@ -442,7 +442,7 @@ def test_a_repeated_array_item_or_standard_input_line_is_named(
     out = tmp_path / "stdin"
     args = ["submit", "-", "--out", str(out), *register.flags(tmp_path / "state")]
     done = subprocess.run(
-        [PYTHON, "-m", "pipeline", *args],
+        [PYTHON, "-m", "wem_der", *args],
         input=orjson.dumps(c) + b"\n" + orjson.dumps(c) + b"\n",
         capture_output=True,
         timeout=RUN_TIMEOUT_S,

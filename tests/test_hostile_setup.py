@@ -3,7 +3,7 @@ carried through: an input that is one of the run's own files, an input that cann
 fingerprinted, a closed standard input, a file name that is not UTF-8, and credentials
 in an endpoint URL.
 
-Each runs `python -m pipeline` as a real process against the embedded simulator, as an
+Each runs `python -m wem_der` as a real process against the embedded simulator, as an
 operator would in a shell.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 import pytest
+from wem_der.files.pathtext import from_text, to_text
+from wem_der.records.outcomes import Outcome
 
-from pipeline.outcomes import Outcome
-from pipeline.pathtext import from_text, to_text
 from tests.e2e import (
     Done,
     read_outcomes,
@@ -32,7 +32,7 @@ from tests.e2e import (
 
 CLI_TIMEOUT_S = 60
 SECRET = "hunter2-" + "Zq9" * 5
-PROBLEMS = resources.files("pipeline.data").joinpath("sample-with-problems.jsonl").read_bytes()
+PROBLEMS = resources.files("wem_der.data").joinpath("sample-with-problems.jsonl").read_bytes()
 
 
 async def _wem_der(

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from wem_der.errors import LedgerError
+from wem_der.ledger import batch as ledger_batch
+from wem_der.ledger import schema as ledger_schema
+from wem_der.ledger.store import Ledger
+from wem_der.records.outcomes import Action, Outcome, OutcomeRecord, SourceRef
+from wem_der.records.shapes import RecordKind
 
-from pipeline import ledger_batch, ledger_schema
-from pipeline.errors import LedgerError
-from pipeline.ledger import Ledger
-from pipeline.models import RecordKind
-from pipeline.outcomes import Action, Outcome, OutcomeRecord, SourceRef
 from tests.damage import overwrite_with_garbage, tear_the_items_table
 
 NMI = RecordKind.NMI
@@ -725,7 +726,7 @@ def test_resume_queries_read_indexes_not_tables(tmp_path: Path) -> None:
 CRASHING_RUN = """
 import asyncio, sys
 from pathlib import Path
-from pipeline.ledger import Ledger
+from wem_der.ledger.store import Ledger
 
 async def main():
     async with Ledger(Path(sys.argv[1]), flush_interval_s=60) as ledger:

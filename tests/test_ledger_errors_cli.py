@@ -13,8 +13,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from wem_der.records.samples import installations
 
-from pipeline.samples import installations
 from tests.damage import overwrite_with_garbage, tear_the_items_table
 from tests.e2e import read_summary, write_jsonl
 from tests.processes import (

@@ -9,8 +9,7 @@ import itertools
 from typing import Any
 
 import pytest
-
-from pipeline.limiter import QuotaLimiter, parse_rate
+from wem_der.send.quota import QuotaLimiter, parse_rate
 
 
 class JumpClock:

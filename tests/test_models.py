@@ -5,11 +5,10 @@ from typing import Any
 
 import orjson
 import pytest
-
-from pipeline.enumerations import Enumerations, bundled_enumerations
-from pipeline.models import RecordKind
-from pipeline.samples import installation, nmi_record
-from pipeline.validation import FieldIssue, validate_record
+from wem_der.records.enumerations import Enumerations, bundled_enumerations
+from wem_der.records.samples import installation, nmi_record
+from wem_der.records.shapes import RecordKind
+from wem_der.records.validation import FieldIssue, validate_record
 
 
 def sample() -> dict[str, Any]:
@@ -174,7 +173,7 @@ def test_formats_are_data_too_and_each_table_keeps_its_own() -> None:
 def bundled_enumerations_text() -> str:
     from importlib import resources
 
-    text = resources.files("pipeline").joinpath("data/enumerations.toml").read_text("utf-8")
+    text = resources.files("wem_der").joinpath("data/enumerations.toml").read_text("utf-8")
     assert bundled_enumerations().sets["equipmentType"]  # the file is the bundled table
     return text
 

@@ -1,8 +1,7 @@
 """The bounded memory of recently touched keys."""
 
 import pytest
-
-from pipeline.recent import Recent
+from wem_der.send.recent import Recent
 
 
 def test_keeps_only_the_newest_keys() -> None:

@@ -8,14 +8,14 @@ from typing import Any
 
 import orjson
 import pytest
+from wem_der.ledger.store import Ledger
+from wem_der.records.outcomes import Action, Outcome, OutcomeRecord, SourceRef
+from wem_der.records.samples import installations
+from wem_der.records.shapes import RecordKind
+from wem_der.report.collect import collect, quota_use, render
+from wem_der.report.text import table
+from wem_der.simulator.testing import ManualClock
 
-from pipeline.ledger import Ledger
-from pipeline.models import RecordKind
-from pipeline.outcomes import Action, Outcome, OutcomeRecord, SourceRef
-from pipeline.report import collect, quota_use, render
-from pipeline.report_text import table
-from pipeline.samples import installations
-from pipeline.simulator.testing import ManualClock
 from tests.e2e import write_jsonl
 from tests.processes import Sim, run_id_of, wem_der
 
@@ -197,7 +197,7 @@ async def test_an_nmi_history_spans_runs_oldest_first(ledger: Ledger) -> None:
 
 async def test_an_unknown_nmi_and_an_unknown_run(ledger: Ledger) -> None:
     """An NMI never sent has no history; a run not in the ledger is a ConfigError."""
-    from pipeline.errors import ConfigError
+    from wem_der.errors import ConfigError
 
     async with asyncio.timeout(10):
         report = await collect(ledger, run_id=None, nmi="6000000000", kind=INST)

@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 import pytest
+from wem_der.records.samples import installations
+from wem_der.send.reconcile import register_holds
 
-from pipeline.reconcile import register_holds
-from pipeline.samples import installations
 from tests.e2e import write_jsonl
 from tests.processes import Result, Sim, outcome_lines, run_id_of, wem_der
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 import pytest
+from wem_der.ledger.store import Ledger
+from wem_der.records.samples import installations
+from wem_der.send.reconcile import register_holds
 
-from pipeline.ledger import Ledger
-from pipeline.reconcile import register_holds
-from pipeline.samples import installations
 from tests.e2e import assert_each_once, lines_of, read_summary, write_jsonl
 from tests.leaks import Secrets, assert_nothing_leaked, files_under
 from tests.processes import (

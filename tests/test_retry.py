@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 import pytest
-
-from pipeline.retry import (
+from wem_der.send.retry import (
     RETRYABLE_EXCEPTIONS,
     Budget,
     RetryPolicy,

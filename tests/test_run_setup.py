@@ -15,18 +15,18 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
+from wem_der.cli import progress as progress_module
+from wem_der.cli.main import build_parser
+from wem_der.cli.progress import Progress, estimate_records
+from wem_der.config import load_settings
+from wem_der.errors import ConfigError
+from wem_der.files.private import private_file, write_json_atomic
+from wem_der.records.outcomes import Outcome, OutcomeRecord, SourceRef
+from wem_der.records.shapes import RecordKind
+from wem_der.run.lock import run_lock
+from wem_der.run.resolve import settings_from
+from wem_der.simulator.testing import ManualClock
 
-from pipeline import progress as progress_module
-from pipeline.cli import build_parser
-from pipeline.config import load_settings
-from pipeline.errors import ConfigError
-from pipeline.models import RecordKind
-from pipeline.outcomes import Outcome, OutcomeRecord, SourceRef
-from pipeline.private_files import private_file, write_json_atomic
-from pipeline.progress import Progress, estimate_records
-from pipeline.runlock import run_lock
-from pipeline.runs import settings_from
-from pipeline.simulator.testing import ManualClock
 from tests.e2e import records, run_cli, wem_der, write_jsonl
 
 LIVE_RUN = "20240101T000000Z-live01"
@@ -113,7 +113,7 @@ def test_regular_files_are_counted_when_plain_jsonl(
 
 @pytest.fixture
 def progress_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
-    """progress.py's clock, moved by the test (the event loop keeps the real one)."""
+    """cli/progress.py's clock, moved by the test (the event loop keeps the real one)."""
     clock = ManualClock(start=0.0)
     monkeypatch.setattr(progress_module, "time", SimpleNamespace(monotonic=clock))
     return clock

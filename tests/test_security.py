@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import trustme
 from pydantic import SecretStr
+from wem_der.config import load_settings
+from wem_der.errors import ConfigError
+from wem_der.ledger.store import Ledger
+from wem_der.records.outcomes import Outcome
+from wem_der.send.client import TlsSettings, build_ssl_context
+from wem_der.simulator import Simulator
 
-from pipeline.client import TlsSettings, build_ssl_context
-from pipeline.config import load_settings
-from pipeline.errors import ConfigError
-from pipeline.ledger import Ledger
-from pipeline.outcomes import Outcome
-from pipeline.simulator import Simulator
 from tests.e2e import (
     CLIENT_ID,
     endpoint_flags,

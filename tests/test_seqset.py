@@ -3,8 +3,7 @@
 import random
 
 import pytest
-
-from pipeline.seqset import SeqSet
+from wem_der.run.seqset import SeqSet
 
 
 def test_holds_exactly_the_numbers_added() -> None:

@@ -12,9 +12,8 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 from pydantic import SecretStr
-
-from pipeline.simulator import SimulatorSettings
-from pipeline.simulator.testing import (
+from wem_der.simulator import SimulatorSettings
+from wem_der.simulator.testing import (
     SimClient,
     connected,
     encode,

@@ -1,7 +1,7 @@
 """The client's record shapes against AEMO's operation definitions, through the simulator.
 
 The simulator reads what a body may hold from the definitions it ships (`data/*.yml`), not
-from the client's shapes (`pipeline/models.py`), so the two are independent witnesses: a
+from the client's shapes (`pipeline/wem_der/records/shapes.py`), so the two are independent witnesses: a
 record holding every field of the client's shapes, and one holding every field of the
 definitions, are each submitted through the client and must be accepted by the register.
 A field the client names wrongly, types wrongly or lacks fails one of the two.
@@ -22,12 +22,12 @@ import pytest
 import yaml
 from pydantic import SecretStr
 from typing_extensions import is_typeddict
+from wem_der.records.enumerations import bundled_enumerations
+from wem_der.records.shapes import RECORDS, SERVER_FIELDS, RecordKind
+from wem_der.run.wiring import Hooks, execute
+from wem_der.simulator import Simulator, SimulatorSettings, schema
+from wem_der.simulator.testing import SimClient, connected, expect_error, sample_installation
 
-from pipeline.enumerations import bundled_enumerations
-from pipeline.models import RECORDS, SERVER_FIELDS, RecordKind
-from pipeline.run import Hooks, execute
-from pipeline.simulator import Simulator, SimulatorSettings, schema
-from pipeline.simulator.testing import SimClient, connected, expect_error, sample_installation
 from tests.e2e import make_plan, read_outcomes, run_settings, sim_settings, write_jsonl
 
 NMI = "8001000001"
@@ -91,7 +91,7 @@ def _from_placeholder(name: str, example: Any, kind: RecordKind) -> Any:
 
 def _definitions_record(kind: RecordKind) -> dict[str, Any]:
     filename, operation_id, inside = CREATES[kind]
-    text = resources.files("pipeline.simulator").joinpath(f"data/{filename}").read_text("utf-8")
+    text = resources.files("wem_der.simulator").joinpath(f"data/{filename}").read_text("utf-8")
     paths = yaml.safe_load(text)["paths"]
     [operation] = [
         op
@@ -120,7 +120,7 @@ async def _submit_one(tmp_path: Path, kind: RecordKind, record: dict[str, Any]) 
 async def test_every_field_of_the_client_shapes_is_one_the_register_accepts(
     tmp_path: Path, kind: RecordKind
 ) -> None:
-    """A field of pipeline/models.py misnamed or mistyped against the definitions passes
+    """A field of pipeline/wem_der/records/shapes.py misnamed or mistyped against the definitions passes
     the client's own pre-flight, and is refused here by the register."""
     async with asyncio.timeout(30):
         record = _from_shape(RECORDS[kind], kind)
@@ -158,7 +158,7 @@ def test_the_simulator_imports_nothing_of_the_client_that_could_share_its_mistak
     or enumerations, through which the simulator would agree with the client's mistakes."""
     package = schema.__name__.rpartition(".")[0]
     root = package.partition(".")[0]
-    allowed = {f"{root}.private_files", f"{root}.errors"}
+    allowed = {f"{root}.files.private", f"{root}.errors"}
     outside = {
         (path.name, module)
         for path in Path(schema.__file__).parent.glob("*.py")
@@ -262,7 +262,7 @@ async def test_fields_that_are_not_required_may_be_null(client: SimClient) -> No
 
 
 def _bundled_table() -> str:
-    return resources.files("pipeline.simulator").joinpath("data/schema.toml").read_text("utf-8")
+    return resources.files("wem_der.simulator").joinpath("data/schema.toml").read_text("utf-8")
 
 
 @pytest.mark.parametrize(

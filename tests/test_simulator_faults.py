@@ -11,9 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 from pydantic import SecretStr, ValidationError
-
-from pipeline.simulator import FaultProfile, SimulatorSettings
-from pipeline.simulator.testing import (
+from wem_der.simulator import FaultProfile, SimulatorSettings
+from wem_der.simulator.testing import (
     ManualClock,
     RecordingSleep,
     SimClient,
@@ -111,7 +110,7 @@ async def test_throttle_rate_answers_429_whatever_the_quota() -> None:
 
 def test_shipped_profiles_load() -> None:
     """Every example profile in data/faults parses and does something."""
-    folder = resources.files("pipeline.simulator").joinpath("data/faults")
+    folder = resources.files("wem_der.simulator").joinpath("data/faults")
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".toml"))
     assert len(names) >= 7
     for name in names:

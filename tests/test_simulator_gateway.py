@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
-
-from pipeline.simulator import FaultProfile, SimulatorSettings
-from pipeline.simulator.testing import (
+from wem_der.simulator import FaultProfile, SimulatorSettings
+from wem_der.simulator.testing import (
     ManualClock,
     SimClient,
     connected,

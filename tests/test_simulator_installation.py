@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
-
-from pipeline.simulator import SimulatorSettings
-from pipeline.simulator.testing import SimClient, connected, expect_error, sample_installation
+from wem_der.simulator import SimulatorSettings
+from wem_der.simulator.testing import SimClient, connected, expect_error, sample_installation
 
 SETTINGS = SimulatorSettings(client_secret=SecretStr("s"))
 SERVER_FIELDS = {"connectionId", "installationStage", "recordCreationDate", "recordUpdateDate"}
@@ -225,7 +224,7 @@ async def test_history_of_unknown_nmi_is_404(client: SimClient) -> None:
 
 async def test_rules_file_can_switch_a_rule_off(client: SimClient, tmp_path: Path) -> None:
     """With installation_exists off, a second create replaces and counts as a duplicate."""
-    bundled = Path(__file__).parents[1] / "pipeline/simulator/data/rules.toml"
+    bundled = Path(__file__).parents[1] / "pipeline/wem_der/simulator/data/rules.toml"
     text = bundled.read_text().replace('code = "1001"', 'code = "1001"\nenabled = false', 1)
     rules = tmp_path / "rules.toml"
     rules.write_text(text)

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
-
-from pipeline.simulator import SimulatorSettings
-from pipeline.simulator.testing import SimClient, connected, expect_error
+from wem_der.simulator import SimulatorSettings
+from wem_der.simulator.testing import SimClient, connected, expect_error
 
 SETTINGS = SimulatorSettings(client_secret=SecretStr("s"))
 NMI = {

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
-
-from pipeline.simulator import SimulatorSettings
-from pipeline.simulator.testing import SimClient, connected
+from wem_der.simulator import SimulatorSettings
+from wem_der.simulator.testing import SimClient, connected
 
 SETTINGS = SimulatorSettings(client_secret=SecretStr("s3cret"), token_lifetime_s=1800)
 GRANT = "?grant_type=client_credentials"

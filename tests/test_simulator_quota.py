@@ -9,10 +9,9 @@ from typing import Literal
 
 import pytest
 from pydantic import SecretStr
-
-from pipeline.simulator import FaultProfile, SimulatorSettings
-from pipeline.simulator.quota import SlidingWindowQuota
-from pipeline.simulator.testing import ManualClock, SimClient, connected
+from wem_der.simulator import FaultProfile, SimulatorSettings
+from wem_der.simulator.quota import SlidingWindowQuota
+from wem_der.simulator.testing import ManualClock, SimClient, connected
 
 SETTINGS = SimulatorSettings(client_secret=SecretStr("s"), quota_count=5, quota_period_s=10.0)
 

@@ -8,11 +8,10 @@ import tomllib
 from collections.abc import Callable
 
 import pytest
-
-from pipeline.simulator.records import installation_stage, stamp_installation
-from pipeline.simulator.rules import RuleTable
-from pipeline.simulator.store import IdKind
-from pipeline.simulator.testing import sample_installation
+from wem_der.simulator.records import installation_stage, stamp_installation
+from wem_der.simulator.rules import RuleTable
+from wem_der.simulator.store import IdKind
+from wem_der.simulator.testing import sample_installation
 
 DAY1 = "2025-01-01T10:00:00+08:00"
 DAY2 = "2025-01-02T10:00:00+08:00"

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
-
-from pipeline.simulator import SimulatorSettings
-from pipeline.simulator.testing import SimClient, connected, expect_error, sample_installation
+from wem_der.simulator import SimulatorSettings
+from wem_der.simulator.testing import SimClient, connected, expect_error, sample_installation
 
 SETTINGS = SimulatorSettings(client_secret=SecretStr("s"))
 

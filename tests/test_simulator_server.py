@@ -12,10 +12,9 @@ import aiohttp
 import pytest
 import trustme
 from pydantic import SecretStr
-
-from pipeline.simulator import FaultProfile, Simulator, SimulatorSettings, serve
-from pipeline.simulator.cli_args import SECRET_ENV, add_arguments, settings_from_args
-from pipeline.simulator.testing import SimClient
+from wem_der.simulator import FaultProfile, Simulator, SimulatorSettings, serve
+from wem_der.simulator.cli_args import SECRET_ENV, add_arguments, settings_from_args
+from wem_der.simulator.testing import SimClient
 
 SETTINGS = SimulatorSettings(client_secret=SecretStr("s"))
 

@@ -6,11 +6,10 @@ import asyncio
 from pathlib import Path
 
 from pydantic import SecretStr
-
-from pipeline.simulator import SimulatorSettings
-from pipeline.simulator.sqlite_store import SqliteStore
-from pipeline.simulator.store import MemoryStore, Version
-from pipeline.simulator.testing import SimClient, connected, sample_installation
+from wem_der.simulator import SimulatorSettings
+from wem_der.simulator.sqlite_store import SqliteStore
+from wem_der.simulator.store import MemoryStore, Version
+from wem_der.simulator.testing import SimClient, connected, sample_installation
 
 BASE = SimulatorSettings(client_secret=SecretStr("s"))
 NMI = {"nmi": "6001000001", "postCode": "6000", "status": "Active"}

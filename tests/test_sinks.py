@@ -9,11 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
-
-from pipeline.models import RecordKind
-from pipeline.outcomes import Outcome, OutcomeRecord, SourceRef
-from pipeline.private_files import write_json_atomic
-from pipeline.sinks import PROBLEM_COLUMNS, OutcomeSink, outcome_file, rewriting
+from wem_der.files.private import write_json_atomic
+from wem_der.ledger.outcome_files import PROBLEM_COLUMNS, OutcomeSink, outcome_file, rewriting
+from wem_der.records.outcomes import Outcome, OutcomeRecord, SourceRef
+from wem_der.records.shapes import RecordKind
 
 OUTCOME_FILES = sorted(outcome_file(o) for o in Outcome)
 ALL_FILES = [*OUTCOME_FILES, "problems.csv", "summary.json"]

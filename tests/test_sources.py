@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 import pytest
-
-from pipeline import sources
-from pipeline.decode import READ_SIZE, StreamError, gunzip, items_from_chunks
-from pipeline.errors import InputError
-from pipeline.jsonsplit import ArraySplitter, Element, SplitError
-from pipeline.outcomes import SourceItem, SourceRef
-from pipeline.sources import MAX_ITEM_BYTES, check_paths, iter_items
+from wem_der.errors import InputError
+from wem_der.read import sources
+from wem_der.read.formats import READ_SIZE, StreamError, gunzip, items_from_chunks
+from wem_der.read.jsonsplit import ArraySplitter, Element, SplitError
+from wem_der.read.sources import MAX_ITEM_BYTES, check_paths, iter_items
+from wem_der.records.outcomes import SourceItem, SourceRef
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

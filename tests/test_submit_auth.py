@@ -6,12 +6,12 @@ import asyncio
 from pathlib import Path
 
 from pydantic import SecretStr
+from wem_der.errors import CredentialsRefused
+from wem_der.records.outcomes import OutcomeRecord
+from wem_der.run.wiring import Hooks
+from wem_der.simulator import FaultProfile, Simulator
+from wem_der.simulator.testing import ManualClock
 
-from pipeline.errors import CredentialsRefused
-from pipeline.outcomes import OutcomeRecord
-from pipeline.run import Hooks
-from pipeline.simulator import FaultProfile, Simulator
-from pipeline.simulator.testing import ManualClock
 from tests.e2e import (
     CLIENT_ID,
     TOKEN_BODY,

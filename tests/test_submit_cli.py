@@ -14,8 +14,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from wem_der.simulator import FaultProfile, Simulator
 
-from pipeline.simulator import FaultProfile, Simulator
 from tests.e2e import (
     CLIENT_ID,
     PARTICIPANT,

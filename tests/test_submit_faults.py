@@ -7,9 +7,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from wem_der.errors import Misconfigured
+from wem_der.simulator import FaultProfile, Simulator
 
-from pipeline.errors import Misconfigured
-from pipeline.simulator import FaultProfile, Simulator
 from tests.e2e import (
     TOKEN_BODY,
     JumpClock,

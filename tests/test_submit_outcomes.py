@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from wem_der.send.reconcile import is_conditional
+from wem_der.simulator import FaultProfile, Simulator
 
-from pipeline.reconcile import is_conditional
-from pipeline.simulator import FaultProfile, Simulator
 from tests.e2e import (
     SUMMARY_KEYS,
     Tap,

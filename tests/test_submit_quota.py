@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from wem_der.records.outcomes import OutcomeRecord
+from wem_der.run.wiring import Hooks
+from wem_der.simulator import FaultProfile, Simulator
+from wem_der.simulator.faults import Action, FaultInjector
 
-from pipeline.outcomes import OutcomeRecord
-from pipeline.run import Hooks
-from pipeline.simulator import FaultProfile, Simulator
-from pipeline.simulator.faults import Action, FaultInjector
 from tests.e2e import (
     FastClock,
     Tap,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import structlog
 import trustme
+from wem_der.config import load_settings
+from wem_der.errors import ConfigError, RunAborted
+from wem_der.simulator import Simulator
 
-from pipeline.config import load_settings
-from pipeline.errors import ConfigError, RunAborted
-from pipeline.simulator import Simulator
 from tests.e2e import (
     assert_each_once,
     endpoint_flags,

@@ -9,10 +9,11 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from pipeline.models import RecordKind
-from pipeline.run import Hooks, execute
-from pipeline.samples import nmi_record
-from pipeline.simulator import FaultProfile, Simulator
+from wem_der.records.samples import nmi_record
+from wem_der.records.shapes import RecordKind
+from wem_der.run.wiring import Hooks, execute
+from wem_der.simulator import FaultProfile, Simulator
+
 from tests.e2e import (
     Tap,
     assert_each_once,

@@ -1,0 +1,1 @@
+"""`wem-der`: commands, options, terminal output and exit codes; no business logic."""

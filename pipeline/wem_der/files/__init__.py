@@ -1,0 +1,1 @@
+"""Files on disk: owner-only writes, the open-file limit, paths as lossless text."""

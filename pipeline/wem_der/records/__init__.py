@@ -1,0 +1,1 @@
+"""Records: AEMO's record shapes, enumerations, validation, pre-flight, outcomes."""

@@ -1,0 +1,1 @@
+"""Reports: what a run did, from the ledger."""
