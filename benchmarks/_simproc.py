@@ -14,17 +14,18 @@ Once listening it prints one JSON line on stdout with its URLs, then serves unti
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
 import time
 from array import array
+from typing import Any
 
+import click
 import orjson
 from aiohttp import web
 from wem_der.simulator import Simulator
-from wem_der.simulator.cli_args import add_arguments, settings_from_args
+from wem_der.simulator.cli_args import settings_from_args, simulator_options
 from wem_der.simulator.quota import SlidingWindowQuota
 
 
@@ -55,8 +56,8 @@ def _control_app(quota: RecordingQuota) -> web.Application:
     return app
 
 
-async def _serve(ns: argparse.Namespace) -> None:
-    settings = settings_from_args(ns)
+async def _serve(options: dict[str, Any]) -> None:
+    settings = settings_from_args(options)
     async with Simulator(settings) as sim:
         old = sim.state.quota
         quota = RecordingQuota(
@@ -85,13 +86,15 @@ async def _serve(ns: argparse.Namespace) -> None:
             await runner.cleanup()
 
 
+def _start(**options: Any) -> None:
+    if options["host"] not in {"127.0.0.1", "localhost", "::1"}:
+        raise click.UsageError("benchmarks only listen on loopback")
+    asyncio.run(_serve(options))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks._simproc")
-    add_arguments(parser)
-    ns = parser.parse_args()
-    if ns.host not in {"127.0.0.1", "localhost", "::1"}:
-        parser.error("benchmarks only listen on loopback")
-    asyncio.run(_serve(ns))
+    command = click.Command("_simproc", params=simulator_options(), callback=_start)
+    command.main(prog_name="python -m benchmarks._simproc")
 
 
 if __name__ == "__main__":

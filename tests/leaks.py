@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Protocol
 
 import orjson
-import pytest
 import structlog
-from wem_der.simulator.tokens import TokenIssuer
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from wem_der.simulator.app import OAUTH_PREFIX, Handler
 
 
 @dataclass
@@ -39,16 +40,20 @@ class Secrets:
         return found
 
 
-def record_tokens(monkeypatch: pytest.MonkeyPatch, into: Secrets) -> None:
-    """Add every token any simulator issues from now on to `into`."""
-    issue = TokenIssuer.issue
+def record_tokens(into: Secrets) -> Middleware:
+    """A middleware that adds every token the simulator it is given to
+    (`Simulator(..., middlewares=[...])`) hands out to `into`."""
 
-    def recorded(self: TokenIssuer, now: float) -> str:
-        token = issue(self, now)
-        into.tokens.append(token)
-        return token
+    @web.middleware
+    async def recorded(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        body = getattr(response, "body", None)
+        if request.path.startswith(OAUTH_PREFIX + "/") and response.status == 200:
+            assert isinstance(body, bytes), body
+            into.tokens.append(orjson.loads(body)["acess_token"])
+        return response
 
-    monkeypatch.setattr(TokenIssuer, "issue", recorded)
+    return recorded
 
 
 def files_under(*roots: Path, skip: Iterable[Path] = ()) -> dict[str, bytes]:
@@ -104,7 +109,8 @@ def assert_nothing_leaked(
 @contextlib.contextmanager
 def json_logs() -> Iterator[io.BytesIO]:
     """structlog rendering JSON lines into a buffer, as `wem-der --log-format json` does
-    (pipeline/wem_der/cli/main.py), at debug level so that nothing is filtered out before it is seen.
+    (pipeline/wem_der/cli/main.py), at debug level so that nothing is filtered out before it
+    is seen.
 
     Loggers are not cached, and the defaults come back afterwards, so no later test writes
     into this buffer.

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,16 +141,19 @@ def wem_der(*args: str) -> Result:
     return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
-def start(*args: str, log: Path, stdin: int | None = None) -> subprocess.Popen[bytes]:
+def start(
+    *args: str, log: Path, stdin: int | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start `wem-der ARGS` in the background (output in `log`), for a test to kill;
-    `stdin` as for `subprocess.Popen` (PIPE: the test writes the records)."""
+    `stdin` as for `subprocess.Popen` (PIPE: the test writes the records); `env` on top of
+    a WEMDER_-free environment."""
     with log.open("wb") as sink:
         return subprocess.Popen(
             [PYTHON, "-m", "wem_der", *args],
             stdin=stdin,
             stdout=sink,
             stderr=sink,
-            env=_environ(),
+            env=_environ() | dict(env or {}),
         )
 
 

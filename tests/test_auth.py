@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 from wem_der.errors import CredentialsRefused, Misconfigured, RunAborted
 from wem_der.send.auth import TokenProvider
+from wem_der.testing import VirtualClock
 
 from tests.scripted import Reply, Scripted
 
@@ -26,26 +27,6 @@ def token_reply(token: str = "tok-1", expires_in: object = "3599") -> Reply:
     )
 
 
-class Clock:
-    """A hand-moved monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Sleeps:
-    """Records requested sleeps instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-
-
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as client_session:
@@ -53,18 +34,14 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
+def clock() -> VirtualClock:
+    """The provider's clock and sleep: its waits are listed in `clock.sleeps`."""
+    return VirtualClock()
 
 
 @pytest.fixture
 def provider(
-    server: Scripted, session: aiohttp.ClientSession, clock: Clock, sleeps: Sleeps
+    server: Scripted, session: aiohttp.ClientSession, clock: VirtualClock
 ) -> TokenProvider:
     return TokenProvider(
         session=session,
@@ -72,7 +49,7 @@ def provider(
         client_id="client-1",
         client_secret=SecretStr(SECRET),
         clock=clock,
-        sleep=sleeps,
+        sleep=clock.sleep,
         rng=random.Random(7),
     )
 
@@ -109,16 +86,16 @@ async def test_token_request_matches_aemo(server: Scripted, provider: TokenProvi
 
 
 async def test_token_is_cached_and_refreshed_ahead_of_expiry(
-    server: Scripted, provider: TokenProvider, clock: Clock
+    server: Scripted, provider: TokenProvider, clock: VirtualClock
 ) -> None:
     """Cached until refresh_margin_s before expiry, then refreshed once."""
     async with asyncio.timeout(10):
         server.script(token_reply("tok-1"), token_reply("tok-2"))
         assert await provider.token() == "tok-1"
-        clock.now += 3599 - 120 - 1
+        clock.jump(3599 - 120 - 1)
         assert await provider.token() == "tok-1"
         assert len(server.seen) == 1
-        clock.now += 1
+        clock.jump(1)
         assert await provider.token() == "tok-2"
         assert await provider.token() == "tok-2"
     assert len(server.seen) == 2
@@ -126,26 +103,26 @@ async def test_token_is_cached_and_refreshed_ahead_of_expiry(
 
 
 async def test_short_lifetime_does_not_refresh_on_every_call(
-    server: Scripted, provider: TokenProvider, clock: Clock
+    server: Scripted, provider: TokenProvider, clock: VirtualClock
 ) -> None:
     """A lifetime under the margin is kept for half its length, not refetched each call."""
     async with asyncio.timeout(10):
         server.script(token_reply("tok-1", expires_in=60))
         await provider.token()
-        clock.now += 29
+        clock.jump(29)
         await provider.token()
     assert len(server.seen) == 1
 
 
 async def test_missing_expiry_assumes_an_hour_and_warns(
-    server: Scripted, provider: TokenProvider, clock: Clock
+    server: Scripted, provider: TokenProvider, clock: VirtualClock
 ) -> None:
     """No expiry: assume 3599 s, log a warning, and never log the token."""
     async with asyncio.timeout(10):
         server.script(Reply(json={"access_token": "tok-1"}))
         with capture_logs() as logs:
             await provider.token()
-            clock.now += 3599 - 121
+            clock.jump(3599 - 121)
             await provider.token()
     assert len(server.seen) == 1
     events = [entry["event"] for entry in logs]
@@ -208,7 +185,7 @@ async def test_invalidating_a_stale_token_is_a_no_op(
     ],
 )
 async def test_refused_credentials(
-    server: Scripted, provider: TokenProvider, sleeps: Sleeps, reply: Reply
+    server: Scripted, provider: TokenProvider, clock: VirtualClock, reply: Reply
 ) -> None:
     """401/403/invalid_client: CredentialsRefused at once, saying what to check, no secret."""
     async with asyncio.timeout(10):
@@ -219,7 +196,7 @@ async def test_refused_credentials(
         with pytest.raises(CredentialsRefused):
             await provider.token()
     assert len(server.seen) == 1
-    assert sleeps.delays == []
+    assert clock.sleeps == []
     message = str(caught.value)
     assert "client id 'client-1'" in message
     assert "client secret" in message
@@ -251,7 +228,7 @@ async def test_repr_hides_token_and_secret(server: Scripted, provider: TokenProv
 
 
 async def test_transient_failures_retry_with_jitter(
-    server: Scripted, provider: TokenProvider, sleeps: Sleeps
+    server: Scripted, provider: TokenProvider, clock: VirtualClock
 ) -> None:
     """503, 429 and a dropped connection are retried after jittered sleeps."""
     async with asyncio.timeout(10):
@@ -259,14 +236,14 @@ async def test_transient_failures_retry_with_jitter(
         with capture_logs() as logs:
             assert await provider.token() == "tok-1"
     assert len(server.seen) == 4
-    assert len(sleeps.delays) == 3
-    for attempt, delay in enumerate(sleeps.delays, start=1):
+    assert len(clock.sleeps) == 3
+    for attempt, delay in enumerate(clock.sleeps, start=1):
         assert 0.0 <= delay <= 2 ** (attempt - 1)
     assert [e["event"] for e in logs].count("auth.retry_scheduled") == 3
 
 
 async def test_exhausted_retries_abort_the_run(
-    server: Scripted, provider: TokenProvider, sleeps: Sleeps
+    server: Scripted, provider: TokenProvider, clock: VirtualClock
 ) -> None:
     """max_attempts transient failures raise RunAborted (not CredentialsRefused)."""
     async with asyncio.timeout(10):
@@ -277,11 +254,11 @@ async def test_exhausted_retries_abort_the_run(
     assert "4 times" in str(caught.value)
     assert "HTTP 503" in str(caught.value)
     assert len(server.seen) == 4
-    assert len(sleeps.delays) == 3
+    assert len(clock.sleeps) == 3
 
 
 async def test_unreachable_endpoint_aborts(
-    session: aiohttp.ClientSession, sleeps: Sleeps, unused_tcp_port: int
+    session: aiohttp.ClientSession, clock: VirtualClock, unused_tcp_port: int
 ) -> None:
     """Connection refused on every attempt ends in RunAborted naming the URL."""
     url = f"http://127.0.0.1:{unused_tcp_port}/token"
@@ -291,13 +268,14 @@ async def test_unreachable_endpoint_aborts(
         client_id="c",
         client_secret=SecretStr(SECRET),
         max_attempts=2,
-        sleep=sleeps,
+        clock=clock,
+        sleep=clock.sleep,
     )
     async with asyncio.timeout(10):
         with pytest.raises(RunAborted, match="failed 2 times") as caught:
             await provider.token()
     assert url in str(caught.value)
-    assert len(sleeps.delays) == 1
+    assert len(clock.sleeps) == 1
 
 
 @pytest.mark.parametrize(

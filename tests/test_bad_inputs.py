@@ -10,15 +10,11 @@ inputs too large to commit are made here.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from wem_der.read import sources
-from wem_der.read.formats import READ_SIZE
 from wem_der.read.sources import iter_items
 from wem_der.simulator import Simulator
 
@@ -411,43 +407,6 @@ async def test_same_nmi_twice_is_sent_in_order(tmp_path: Path) -> None:
             {"nmi": "8001000001", "jobNumber": "FIRST"},
             {"nmi": "8001000001", "jobNumber": "SECOND"},
         ]
-
-
-async def test_a_file_that_shrinks_while_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Cut short after its first read: the lines read are sent, the cut is one invalid
-    outcome at the line it happened, and the next input is read as usual."""
-    async with asyncio.timeout(30):
-        records = [{"nmi": f"80010{n:05d}", "comments": "x" * 3000} for n in range(1, 41)]
-        shrinks = write_jsonl(tmp_path / "shrinks.jsonl", records)
-        after = write_jsonl(tmp_path / "after.jsonl", [{"nmi": "8001000099"}])
-        original = sources._read
-        size = shrinks.stat().st_size
-
-        def read(*args: Any, expected: int | None = None, **kwargs: Any) -> Iterator[bytes]:
-            chunks = original(*args, expected=expected, **kwargs)
-            if expected != size:
-                yield from chunks
-                return
-            yield next(chunks)
-            # Another process truncates the file between two reads.
-            os.truncate(shrinks, READ_SIZE + 10)
-            yield from chunks
-
-        monkeypatch.setattr(sources, "_read", read)
-        async with Simulator(sim_settings()) as sim:
-            result = await submit(run_settings(sim, tmp_path), tmp_path, [shrinks, after])
-            held = sim.stats()["installations"]
-        whole = shrinks.read_bytes()[:READ_SIZE].count(b"\n")
-        assert 0 < whole < 40
-        positions = [(str(shrinks), n, None) for n in range(1, whole + 2)]
-        found = assert_each_once(result.out_dir, [*positions, (str(after), 1, None)])
-        assert len(found["accepted"]) == whole + 1 == held
-        [cut] = found["invalid"]
-        assert cut["source"] == {"path": str(shrinks), "line": whole + 1}
-        assert cut["reason"].startswith("(record): file shrank while being read")
-        assert cut["reason"].endswith(f"after line {whole}")
 
 
 @pytest.mark.parametrize("problem", ["directory", "missing", "one of several missing"])

@@ -102,7 +102,10 @@ def test_a_rejected_record_is_sent_again_unchanged(register: Sim, tmp_path: Path
     assert first.code == 1  # a rejected record
     received = register.stats()["der_requests_received"]
 
-    again = wem_der("submit", str(nightly), "--out", str(tmp_path / "tue"), *register.flags(state))
+    # The ledger plans (a plan from the register would also read it first).
+    tue = tmp_path / "tue"
+    plan = ("--plan", "ledger")
+    again = wem_der("submit", str(nightly), "--out", str(tue), *register.flags(state), *plan)
 
     assert again.code == 1
     assert register.stats()["der_requests_received"] - received == 1
@@ -116,7 +119,8 @@ def test_a_new_ledger_knows_nothing_and_sends_everything(register: Sim, tmp_path
     submit(register, nightly, tmp_path / "mon", tmp_path / "state-a")
     received = register.stats()["der_requests_received"]
 
-    other = submit(register, nightly, tmp_path / "tue", tmp_path / "state-b")
+    # The ledger alone plans: from the register, every record would be skipped.
+    other = submit(register, nightly, tmp_path / "tue", tmp_path / "state-b", "--plan", "ledger")
 
     # A create each, refused as existing (1001), then the update: two requests a record.
     assert register.stats()["der_requests_received"] - received == 2 * COUNT

@@ -6,12 +6,12 @@
         --> no window of the quota over COUNT, at the client or at the server
         --> the client secret and the tokens in no log line, output or file
 
-Time: the simulator and the run share a `FastClock`, so a profile's timeline (an outage at
-30 s, a revocation at 60 s, a Retry-After of 2 s, 200 ms of latency) passes in a second or
-two while keeping its order. The quota is COUNT requests per half a real second, so a run
-of RECORDS records spans four windows or more and the quota is exercised. Retries do not
-back off (base_delay_s = 0); what real time a case takes is the quota's windows and the
-profile's own waits (latency, Retry-After), scaled down.
+Time: the simulator and the run share a `VirtualClock`, so a profile's timeline (an outage
+at 30 s, a revocation at 60 s, a Retry-After of 2 s, 200 ms of latency) passes without
+waiting, in its real order, and every request reaches the register at the instant the
+client's quota granted it. The quota is COUNT requests per window, the window set from the
+profile's timeline (`Case.window_s`), so a run of RECORDS records spans four windows or
+more and the quota is exercised. Retries do not back off (base_delay_s = 0).
 
 The register runs with its "installation already exists" rule switched off, as a lax
 register would: a create sent twice is then stored twice and counted in
@@ -33,11 +33,11 @@ from typing import Any
 import pytest
 import wem_der.simulator
 from wem_der.simulator import FaultProfile, Simulator
+from wem_der.testing import VirtualClock
 
 from tests.e2e import (
     CLIENT_ID,
     SECRET,
-    FastClock,
     Tap,
     assert_each_once,
     lines_of,
@@ -51,24 +51,19 @@ from tests.e2e import (
 from tests.leaks import Secrets, assert_nothing_leaked, files_under, json_logs, record_tokens
 from tests.register import unstamped
 
-pytestmark = pytest.mark.usefixtures("run_gc")
-
 FAULTS = Path(wem_der.simulator.__file__).parent / "data" / "faults"
 RECORDS = 100
 CONDITIONAL_EVERY = 10  # every tenth record uses an inverter the register flags (code 2023)
-# The quota: COUNT requests per WINDOW_REAL_S real seconds, so RECORDS take four windows
-# at least. The client's window is MARGIN_REAL_S longer, the production default: it absorbs
-# that much delay between a request's grant and its arrival (an event loop busy with the
-# simulator as well, on a loaded machine), which a tighter margin here showed it must.
+# The quota: COUNT requests per window, so RECORDS take four windows at least. The
+# client's window is MARGIN_S longer, the production default.
 COUNT = 25
-WINDOW_REAL_S = 0.5
-MARGIN_REAL_S = 0.1
+MARGIN_S = 0.1
 # The quota sends in bursts a window apart, so an outage must last longer than a window to
-# be sure to meet one; the run lasts at least three windows, so a revocation one second in
+# be sure to meet one; the run lasts at least three windows, so a revocation two windows in
 # is met by the next burst.
-OUTAGE_REAL_S = 0.75
-REVOCATION_REAL_S = 1.0
-SPEED = 20.0  # for profiles without either: 200 ms of latency cost 10 ms
+OUTAGE_WINDOWS = 1.5
+REVOCATION_WINDOWS = 2.0
+WINDOW_S = 10.0  # for profiles without either
 
 
 @dataclass(frozen=True)
@@ -77,14 +72,14 @@ class Case:
     profile: FaultProfile
 
     @property
-    def speed(self) -> float:
-        """How many virtual seconds pass per real one for this profile."""
+    def window_s(self) -> float:
+        """The quota's window for this profile: its first outage or revocation is met."""
         if self.profile.outages:
             start, end = self.profile.outages[0]
-            return (end - start) / OUTAGE_REAL_S
+            return (end - start) / OUTAGE_WINDOWS
         if self.profile.revoke_tokens_at_s:
-            return self.profile.revoke_tokens_at_s[0] / REVOCATION_REAL_S
-        return SPEED
+            return self.profile.revoke_tokens_at_s[0] / REVOCATION_WINDOWS
+        return WINDOW_S
 
 
 def shipped() -> dict[str, dict[str, Any]]:
@@ -228,33 +223,36 @@ async def test_invariants_hold_under_faults(
     case: Case,
     tmp_path: Path,
     tap: Tap,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """One run through the profile: nothing lost or doubled, the quota kept, no secret shown."""
     caplog.set_level(logging.DEBUG)
     secrets = Secrets(CLIENT_ID, SECRET)
-    record_tokens(monkeypatch, secrets)
     async with asyncio.timeout(30):
         recs = inputs()
         path = write_jsonl(tmp_path / "in.jsonl", recs)
-        clock = FastClock(case.speed)
+        clock = VirtualClock()
         waits: list[float] = []
         sim_cfg = sim_settings(
             faults=case.profile,
             seed=0,
             quota_count=COUNT,
-            quota_period_s=WINDOW_REAL_S * case.speed,
+            quota_period_s=case.window_s,
             rules_file=lax_rules(tmp_path),
         )
         with json_logs() as logs:
-            async with Simulator(sim_cfg, clock=clock, sleep=recording(clock.sleep, waits)) as sim:
+            async with Simulator(
+                sim_cfg,
+                clock=clock,
+                sleep=recording(clock.sleep, waits),
+                middlewares=[tap.middleware, record_tokens(secrets)],
+            ) as sim:
                 settings = run_settings(
                     sim,
                     tmp_path,
-                    rate_limit=f"{COUNT}/{WINDOW_REAL_S * case.speed}s",
-                    quota_margin_s=MARGIN_REAL_S * case.speed,
+                    rate_limit=f"{COUNT}/{case.window_s}s",
+                    quota_margin_s=MARGIN_S,
                     concurrency=8,
                     max_attempts=100,
                     max_elapsed_s=1e6,
@@ -285,11 +283,11 @@ async def test_invariants_hold_under_faults(
     # ... and the client's quota paced the run. Its window is the server's plus the margin,
     # so the n requests it granted, COUNT to a window, took ceil(n / COUNT) of its windows:
     # the last left that many windows less one after the first (less one margin, for the
-    # first arrival's way from its grant). At full speed the run takes a small part of one.
+    # first arrival's way from its grant). Unpaced, the run would take a small part of one.
     arrivals = [e.at for e in tap.exchanges]
     assert len(arrivals) == stats["der_requests_received"]
-    window = (WINDOW_REAL_S + MARGIN_REAL_S) * case.speed
-    paced = (math.ceil(len(arrivals) / COUNT) - 1) * window - MARGIN_REAL_S * case.speed
+    window = case.window_s + MARGIN_S
+    paced = (math.ceil(len(arrivals) / COUNT) - 1) * window - MARGIN_S
     assert max(arrivals) - min(arrivals) >= paced
     assert stats["quota_refused"] == 0
     assert stats["http_429"] == stats["throttled_by_fault"]

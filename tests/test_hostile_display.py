@@ -318,6 +318,8 @@ async def test_answers_and_values_are_escaped_in_logs_the_closing_table_csv_and_
             "--participant-id", e2e.PARTICIPANT,
             "--state-dir", str(tmp_path / "state"),
             "--concurrency", "1", "--no-progress", "--log-format", "console",
+            # The script answers writes: the ledger alone plans, with no search first.
+            "--plan", "ledger",
         ]  # fmt: skip
         done = await e2e.wem_der(args, tmp_path)
     assert done.code == 3, done.stderr

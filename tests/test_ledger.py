@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 from wem_der.errors import LedgerError
-from wem_der.ledger import batch as ledger_batch
 from wem_der.ledger import schema as ledger_schema
-from wem_der.ledger.store import Ledger
+from wem_der.ledger.store import Ledger, LedgerHooks
 from wem_der.records.outcomes import Action, Outcome, OutcomeRecord, SourceRef
 from wem_der.records.shapes import RecordKind
+from wem_der.testing import VirtualClock
 
 from tests.damage import overwrite_with_garbage, tear_the_items_table
 
@@ -30,15 +30,9 @@ HASH = "a" * 64
 REPO = Path(__file__).resolve().parents[1]
 
 
-class Clock:
+def ticking() -> VirtualClock:
     """A wall clock that moves one second per reading, so every event has its own time."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
+    return VirtualClock(start=1_000.0, tick=1.0)
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +143,7 @@ async def test_only_accepted_and_conditional_become_the_last_success(
     path: Path, result: Outcome
 ) -> None:
     """record_outcome sets records.last_success_* for accepted and conditional only."""
-    async with asyncio.timeout(10), Ledger(path, clock=Clock()) as ledger:
+    async with asyncio.timeout(10), Ledger(path, clock=ticking()) as ledger:
         await start(ledger)
         ledger.record_outcome("r1", 0, outcome(0, result, txn="T9", content_hash="h1"))
         state = (await ledger.lookup([(NMI, "N000000000")])).get((NMI, "N000000000"))
@@ -200,7 +194,7 @@ async def test_lookup_answers_many_keys_and_leaves_unknown_ones_out(path: Path) 
 
 async def test_resume_reads_what_was_done_and_what_was_in_flight(path: Path) -> None:
     """in_flight, run_items and outcome_counts describe a run stopped midway."""
-    async with asyncio.timeout(10), Ledger(path, clock=Clock()) as ledger:
+    async with asyncio.timeout(10), Ledger(path, clock=ticking()) as ledger:
         await start(ledger)
         for seq, result in ((0, Outcome.ACCEPTED), (1, Outcome.REJECTED)):
             ledger.finish_attempt(await attempt(ledger, seq), http_status=200, transaction_id="T")
@@ -257,7 +251,7 @@ async def test_run_items_pages_through_a_run_in_seq_order(path: Path, count: int
 async def test_history_lists_attempts_and_outcomes_across_runs_oldest_first(path: Path) -> None:
     """history interleaves every run's attempts and outcomes for one key, in time order."""
     nmi = "N000000005"
-    async with asyncio.timeout(10), Ledger(path, clock=Clock()) as ledger:
+    async with asyncio.timeout(10), Ledger(path, clock=ticking()) as ledger:
         for run_id, answers, result in (
             ("r1", [(503, None), (200, "T1")], Outcome.ACCEPTED),
             ("r2", [(400, "T2")], Outcome.REJECTED),
@@ -282,7 +276,7 @@ async def test_history_lists_attempts_and_outcomes_across_runs_oldest_first(path
 
 async def test_runs_are_recorded_started_finished_and_resumed(path: Path) -> None:
     """start_run/finish_run/get_run keep a run's row; secrets stay masked."""
-    clock = Clock()
+    clock = ticking()
     settings = {"workers": 8, "out": Path("out"), "client_secret": SecretStr("hunter2")}
     async with asyncio.timeout(10), Ledger(path, clock=clock) as ledger:
         await ledger.start_run(
@@ -451,22 +445,18 @@ async def test_reads_alone_take_no_write_lock(path: Path) -> None:
     assert run is not None
 
 
-async def test_checkpoints_run_in_the_ledger_thread_one_at_a_time(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_checkpoints_run_in_the_ledger_thread_one_at_a_time(path: Path) -> None:
     """Past checkpoint_pages a checkpoint starts in the thread; none other starts meanwhile."""
-    checkpoint = ledger_batch._checkpoint
     threads: list[int] = []
     started, release = threading.Event(), threading.Event()
 
-    def held(conn: sqlite3.Connection) -> None:
-        threads.append(threading.get_ident())
-        started.set()
-        release.wait(10)
-        checkpoint(conn)
+    class Held(LedgerHooks):
+        def checkpointing(self) -> None:
+            threads.append(threading.get_ident())
+            started.set()
+            release.wait(10)
 
-    monkeypatch.setattr(ledger_batch, "_checkpoint", held)
-    async with asyncio.timeout(10), Ledger(path, checkpoint_pages=4) as ledger:
+    async with asyncio.timeout(10), Ledger(path, checkpoint_pages=4, hooks=Held()) as ledger:
         try:
             for seq in range(200):
                 ledger.record_outcome("r1", seq, outcome(seq, Outcome.FAILED))
@@ -482,24 +472,20 @@ async def test_checkpoints_run_in_the_ledger_thread_one_at_a_time(
     assert threads == [held_up[0]] * 2  # and the last one, at close, in the same thread
 
 
-async def test_checkpoints_keep_the_wal_short(
-    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_checkpoints_keep_the_wal_short(path: Path, tmp_path: Path) -> None:
     """The WAL is copied into the database past checkpoint_pages and then starts over."""
-    checkpointed_on_loop = ledger_batch.GroupCommit._checkpointed
     checkpointed = asyncio.Event()
 
-    def signalling(self: ledger_batch.GroupCommit, done: asyncio.Future[None]) -> None:
-        # Once the loop has heard the checkpoint is over: a signal from the thread could
-        # wake this test first, whose next commit would then find one still running and
-        # start none.
-        checkpointed_on_loop(self, done)
-        checkpointed.set()
+    class Signalling(LedgerHooks):
+        def checkpointed(self) -> None:
+            # Once the loop has heard the checkpoint is over: a signal from the thread
+            # could wake this test first, whose next commit would then find one still
+            # running and start none.
+            checkpointed.set()
 
-    monkeypatch.setattr(ledger_batch.GroupCommit, "_checkpointed", signalling)
     alone = tmp_path / "database-alone.sqlite3"
     sizes = []
-    async with asyncio.timeout(10), Ledger(path, checkpoint_pages=8) as ledger:
+    async with asyncio.timeout(10), Ledger(path, checkpoint_pages=8, hooks=Signalling()) as ledger:
         for rounds in range(10):
             for seq in range(rounds * 50, rounds * 50 + 50):
                 ledger.record_outcome("r1", seq, outcome(seq, Outcome.FAILED))
@@ -518,18 +504,16 @@ async def test_checkpoints_keep_the_wal_short(
     assert restarted <= 32 + 8 * (24 + page_size)
 
 
-async def test_a_failed_checkpoint_stops_the_ledger(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_failed_checkpoint_stops_the_ledger(path: Path) -> None:
     """A checkpoint that fails (the disk: PASSIVE never waits for a lock) stops the ledger."""
 
-    def failing(conn: sqlite3.Connection) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
+    class Failing(LedgerHooks):
+        def checkpointing(self) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(ledger_batch, "_checkpoint", failing)
     async with asyncio.timeout(10):
         stack = AsyncExitStack()
-        ledger = await stack.enter_async_context(Ledger(path, checkpoint_pages=1))
+        ledger = await stack.enter_async_context(Ledger(path, checkpoint_pages=1, hooks=Failing()))
 
         async def flush_until_it_fails() -> None:
             while True:  # until the thread's failure reaches the loop
@@ -577,21 +561,17 @@ async def test_close_checkpoints_while_another_process_reads(path: Path, tmp_pat
     assert peek(alone, "SELECT COUNT(*) FROM items") == [(10,)]
 
 
-async def test_cancelled_while_opening_leaves_nothing_open(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_cancelled_while_opening_leaves_nothing_open(path: Path) -> None:
     """Cancelling __aenter__ mid-open closes what the thread opens, and ends the thread."""
-    open_ledger = ledger_schema.open_ledger
     entered, proceed = threading.Event(), threading.Event()
 
-    def gated(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
-        entered.set()
-        proceed.wait(10)
-        return open_ledger(path, busy_timeout_s=busy_timeout_s)
+    class Gated(LedgerHooks):
+        def opening(self, path: Path) -> None:
+            entered.set()
+            proceed.wait(10)
 
-    monkeypatch.setattr(ledger_batch, "open_ledger", gated)
     async with asyncio.timeout(10):
-        opening = asyncio.create_task(Ledger(path).__aenter__())
+        opening = asyncio.create_task(Ledger(path, hooks=Gated()).__aenter__())
         assert await asyncio.to_thread(entered.wait, 10)
         opening.cancel()
         await asyncio.sleep(0)  # the cancellation reaches __aenter__ while the open goes on

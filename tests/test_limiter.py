@@ -1,80 +1,29 @@
-"""QuotaLimiter and parse_rate, on virtual time: no test sleeps."""
+"""QuotaLimiter and parse_rate, on virtual time: no test sleeps.
+
+A clock that jumps by itself suits the limiter, which lets only the head of its queue
+sleep; every sleep is logged in `sleeps`, so tests see that waits are computed, not
+polled. Interleavings run on a clock the test moves (`autojump=False`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import heapq
-import itertools
 from typing import Any
 
 import pytest
 from wem_der.send.quota import QuotaLimiter, parse_rate
+from wem_der.testing import VirtualClock, settle
 
 
-class JumpClock:
-    """A clock whose sleep jumps time forward by the amount asked.
-
-    Exact for the limiter, which lets only the head of its queue sleep; every sleep is
-    logged so tests can see that waits are computed, not polled.
-    """
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-class ManualClock:
-    """Virtual time for interleavings: sleepers park until the test advances the clock."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        wake = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._timers, (self.now + seconds, next(self._order), wake))
-        await wake
-
-    @property
-    def sleepers(self) -> int:
-        return sum(not wake.done() for _, _, wake in self._timers)
-
-    async def advance(self, seconds: float) -> None:
-        """Move time forward, waking due sleepers in deadline order and letting them run."""
-        await settle()
-        target = self.now + seconds
-        while self._timers and self._timers[0][0] <= target:
-            when, _, wake = heapq.heappop(self._timers)
-            if not wake.done():  # a cancelled sleeper's future is already done
-                self.now = max(self.now, when)
-                wake.set_result(None)
-                await settle()
-        self.now = target
-        await settle()
-
-
-def limiter_on(time: JumpClock | ManualClock, **settings: Any) -> QuotaLimiter:
+def limiter_on(time: VirtualClock, **settings: Any) -> QuotaLimiter:
     """A QuotaLimiter that reads and sleeps on the given virtual clock."""
-    return QuotaLimiter(clock=time.clock, sleep=time.sleep, **settings)
+    return QuotaLimiter(clock=time, sleep=time.sleep, **settings)
 
 
-async def settle() -> None:
-    """Let every runnable task run until it blocks (lock hand-overs take a few loop turns)."""
-    for _ in range(50):
-        await asyncio.sleep(0)
+def at(time: VirtualClock, t: float) -> None:
+    """Move `time` on to `t`."""
+    time.jump(t - time())
 
 
 def grants_in_windows(starts: list[float], period_s: float) -> int:
@@ -85,12 +34,12 @@ def grants_in_windows(starts: list[float], period_s: float) -> int:
 async def test_first_window_holds_exactly_count_then_waits_for_the_oldest() -> None:
     """From t=0, COUNT start at once; the next waits exactly until the oldest leaves the window."""
     async with asyncio.timeout(5):
-        time = JumpClock()
+        time = VirtualClock(start=0.0)
         limiter = limiter_on(time, count=300, period_s=3.0)
         starts = []
         for _ in range(301):
             await limiter.acquire()
-            starts.append(time.now)
+            starts.append(time())
         assert starts[:300] == [0.0] * 300
         assert starts[300] == 3.1  # period 3 s + default margin 0.1 s
         assert time.sleeps == [3.1]  # one computed sleep, no polling
@@ -101,28 +50,28 @@ async def test_first_window_holds_exactly_count_then_waits_for_the_oldest() -> N
 async def test_wait_is_computed_from_the_oldest_start() -> None:
     """A request over the limit sleeps once, until the oldest start plus the window."""
     async with asyncio.timeout(5):
-        time = JumpClock()
+        time = VirtualClock(start=0.0)
         limiter = limiter_on(time, count=3, period_s=10.0, margin_s=0.5)
         for t in (0.0, 1.0, 2.0):
-            time.now = t
+            at(time, t)
             await limiter.acquire()
-        time.now = 2.5
+        at(time, 2.5)
         await limiter.acquire()
-        assert time.now == 10.5
+        assert time() == 10.5
         assert time.sleeps == [8.0]
 
 
 async def test_steady_state_uses_at_least_98_percent_and_never_exceeds_count() -> None:
     """6000/60s with the default margin: workers that always have work use >= 98% of the quota."""
     async with asyncio.timeout(5):
-        time = JumpClock()
+        time = VirtualClock(start=0.0)
         limiter = limiter_on(time, count=6000, period_s=60.0)
         starts: list[float] = []
 
         async def worker() -> None:
-            while time.now < 5 * 60.0:
+            while time() < 5 * 60.0:
                 await limiter.acquire()
-                starts.append(time.now)
+                starts.append(time())
 
         async with asyncio.TaskGroup() as tasks:
             for _ in range(20):
@@ -140,26 +89,26 @@ async def test_steady_state_uses_at_least_98_percent_and_never_exceeds_count() -
 async def test_paced_arrivals_keep_every_window_at_count() -> None:
     """Starts spread through time (not bursts) still never put COUNT+1 in a window."""
     async with asyncio.timeout(5):
-        time = JumpClock()
+        time = VirtualClock(start=0.0)
         limiter = limiter_on(time, count=100, period_s=1.0, margin_s=0.01)
         starts = []
         for i in range(2000):
-            time.now += 0.003 * (i % 7)  # uneven gaps, faster on average than the quota
+            time.jump(0.003 * (i % 7))  # uneven gaps, faster on average than the quota
             await limiter.acquire()
-            starts.append(time.now)
+            starts.append(time())
         assert grants_in_windows(starts, 1.0) == limiter.max_in_window == 100
 
 
 async def test_max_in_window_is_exact_on_window_boundaries() -> None:
     """Windows are half-open like the server's: starts exactly a period apart do not share one."""
     async with asyncio.timeout(5):
-        time = JumpClock()
+        time = VirtualClock(start=0.0)
         limiter = limiter_on(time, count=10, period_s=1.0, margin_s=0.0)
         for t in (0.0, 0.5, 1.0, 1.5):
-            time.now = t
+            at(time, t)
             await limiter.acquire()
         assert limiter.max_in_window == 2
-        time.now = 1.75
+        at(time, 1.75)
         await limiter.acquire()
         assert limiter.max_in_window == 3
 
@@ -167,13 +116,13 @@ async def test_max_in_window_is_exact_on_window_boundaries() -> None:
 async def test_waiters_are_served_first_in_first_out() -> None:
     """Queued acquirers start in arrival order, and a newcomer cannot overtake them."""
     async with asyncio.timeout(5):
-        time = ManualClock()
+        time = VirtualClock(start=0.0, autojump=False)
         limiter = limiter_on(time, count=2, period_s=10.0, margin_s=0.0)
         order: list[str] = []
 
         async def start(name: str) -> None:
             await limiter.acquire()
-            order.append(f"{name}@{time.now:g}")
+            order.append(f"{name}@{time():g}")
 
         async with asyncio.TaskGroup() as tasks:
             for name in "abcd":
@@ -190,25 +139,29 @@ async def test_waiters_are_served_first_in_first_out() -> None:
 async def test_a_newcomer_cannot_take_the_slot_a_waiter_was_woken_for() -> None:
     """When a slot opens, the queued waiter gets it even if a newcomer runs first."""
     async with asyncio.timeout(5):
-        time = JumpClock()  # time jumps as the head starts its sleep, before it re-checks
+        time = VirtualClock(start=0.0, autojump=False)
         limiter = limiter_on(time, count=1, period_s=10.0, margin_s=0.0)
         await limiter.acquire()
         order: list[str] = []
 
         async def start(name: str) -> None:
             await limiter.acquire()
-            order.append(f"{name}@{time.now:g}")
+            order.append(f"{name}@{time():g}")
 
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(start("queued"))
+            await settle()  # at the head of the queue, asleep until the slot opens at 10
             tasks.create_task(start("newcomer"))
+            # The slot opens before either runs: the newcomer, started first, finds it free.
+            time.jump(10.0)
+            await time.advance(10.0)
         assert order == ["queued@10", "newcomer@20"]
 
 
 async def test_only_the_head_of_the_queue_sleeps() -> None:
     """Many waiters on a full window make one sleeper, not a herd."""
     async with asyncio.timeout(5):
-        time = ManualClock()
+        time = VirtualClock(start=0.0, autojump=False)
         limiter = limiter_on(time, count=1, period_s=1.0, margin_s=0.0)
         waiters = [asyncio.create_task(limiter.acquire()) for _ in range(10)]
         await settle()
@@ -221,7 +174,7 @@ async def test_only_the_head_of_the_queue_sleeps() -> None:
 async def test_pause_for_blocks_every_acquirer() -> None:
     """A pause holds all starts, queued before it or arriving during it."""
     async with asyncio.timeout(5):
-        time = ManualClock()
+        time = VirtualClock(start=0.0, autojump=False)
         limiter = limiter_on(time, count=100, period_s=60.0)
         limiter.pause_for(10.0)
         waiters = [asyncio.create_task(limiter.acquire()) for _ in range(3)]
@@ -238,7 +191,7 @@ async def test_pause_for_blocks_every_acquirer() -> None:
 async def test_pause_for_never_shortens_a_pause() -> None:
     """A shorter pause asked during a longer one leaves the longer end in place."""
     async with asyncio.timeout(5):
-        time = ManualClock()
+        time = VirtualClock(start=0.0, autojump=False)
         limiter = limiter_on(time, count=100, period_s=60.0)
         limiter.pause_for(10.0)
         await time.advance(5.0)
@@ -254,7 +207,7 @@ async def test_pause_for_never_shortens_a_pause() -> None:
 async def test_pause_for_extends_a_running_pause() -> None:
     """A longer pause during a pause moves the end later, and waiters honour it."""
     async with asyncio.timeout(5):
-        time = ManualClock()
+        time = VirtualClock(start=0.0, autojump=False)
         limiter = limiter_on(time, count=100, period_s=60.0)
         limiter.pause_for(10.0)
         waiter = asyncio.create_task(limiter.acquire())
@@ -276,17 +229,17 @@ def test_pause_for_rejects_an_unbounded_pause() -> None:
 async def test_throttled_lowers_once_per_burst_and_recovers_linearly() -> None:
     """Many 429s together cut the limit once; it climbs back to COUNT over recovery_s."""
     async with asyncio.timeout(5):
-        time = JumpClock()
+        time = VirtualClock(start=0.0)
         limiter = limiter_on(time, count=100, period_s=10.0, margin_s=0.0)
-        time.now = 3.0
+        at(time, 3.0)
         for _ in range(50):
             limiter.throttled()
         assert limiter.limit == 70
-        time.now = 3.0 + 5.1  # 15.3 steps of 1/3 s
+        at(time, 3.0 + 5.1)  # 15.3 steps of 1/3 s
         assert limiter.limit == 85
-        time.now = 3.0 + 9.9
+        at(time, 3.0 + 9.9)
         assert limiter.limit == 99
-        time.now = 3.0 + 10.0
+        at(time, 3.0 + 10.0)
         assert limiter.limit == 100
         limiter.throttled()  # a window later: a new overshoot
         assert limiter.limit == 70
@@ -295,30 +248,30 @@ async def test_throttled_lowers_once_per_burst_and_recovers_linearly() -> None:
 async def test_throttled_compounds_down_to_the_floor() -> None:
     """Overshoots a window apart cut again from the current limit, never below min_fraction."""
     async with asyncio.timeout(5):
-        time = JumpClock()
+        time = VirtualClock(start=0.0)
         limiter = limiter_on(time, count=100, period_s=10.0, margin_s=0.0, recovery_s=1e9)
         limits = []
         for _ in range(8):
             limiter.throttled()
             limits.append(limiter.limit)
-            time.now += 10.0
+            time.jump(10.0)
         assert limits == [70, 49, 34, 23, 16, 11, 10, 10]
 
 
 async def test_a_throttle_holds_starts_until_the_window_drains_or_the_limit_rises() -> None:
     """After a cut, a start waits for the earlier of enough expiries and the recovering limit."""
     async with asyncio.timeout(5):
-        time = JumpClock()
+        time = VirtualClock(start=0.0)
         limiter = limiter_on(time, count=100, period_s=10.0, margin_s=0.0)
         for i in range(100):
-            time.now = i / 10
+            at(time, i / 10)
             await limiter.acquire()
-        time.now = 10.0
+        at(time, 10.0)
         limiter.throttled()  # limit 70, +3 per second; the window holds 99 starts
         await limiter.acquire()
         # At 10 + 7/3 s the limit reaches 77 while 76 starts (those after 2.3 s) remain;
         # expiries alone would have held it until 13.0 s.
-        assert time.now == pytest.approx(10.0 + 7 / 3)
+        assert time() == pytest.approx(10.0 + 7 / 3)
         assert len(time.sleeps) == 7  # one wake-up per rise of the limit, no polling
         assert limiter.max_in_window == 100
 
@@ -326,7 +279,7 @@ async def test_a_throttle_holds_starts_until_the_window_drains_or_the_limit_rise
 async def test_cancelling_a_sleeping_waiter_frees_the_queue() -> None:
     """A cancelled head of the queue records nothing and the next waiter takes over."""
     async with asyncio.timeout(5):
-        time = ManualClock()
+        time = VirtualClock(start=0.0, autojump=False)
         limiter = limiter_on(time, count=1, period_s=10.0, margin_s=0.0)
         await limiter.acquire()
         head = asyncio.create_task(limiter.acquire())
@@ -338,14 +291,14 @@ async def test_cancelling_a_sleeping_waiter_frees_the_queue() -> None:
             await head
         await time.advance(10.0)
         assert second.done()
-        assert time.now == 10.0
+        assert time() == 10.0
         assert limiter.granted == 2
 
 
 async def test_cancelling_a_queued_waiter_leaks_nothing() -> None:
     """A waiter cancelled in the queue is skipped, and the fast path works again afterwards."""
     async with asyncio.timeout(5):
-        time = ManualClock()
+        time = VirtualClock(start=0.0, autojump=False)
         limiter = limiter_on(time, count=1, period_s=10.0, margin_s=0.0)
         await limiter.acquire()
         waiters = [asyncio.create_task(limiter.acquire()) for _ in range(3)]

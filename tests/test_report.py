@@ -14,7 +14,7 @@ from wem_der.records.samples import installations
 from wem_der.records.shapes import RecordKind
 from wem_der.report.collect import collect, quota_use, render
 from wem_der.report.text import table
-from wem_der.simulator.testing import ManualClock
+from wem_der.testing import VirtualClock
 
 from tests.e2e import write_jsonl
 from tests.processes import Sim, run_id_of, wem_der
@@ -53,7 +53,7 @@ def error(code: str, title: str) -> dict[str, Any]:
     return {"code": code, "title": title, "detail": "..."}
 
 
-async def fill(ledger: Ledger, clock: ManualClock) -> None:
+async def fill(ledger: Ledger, clock: VirtualClock) -> None:
     """Run r1 (quota 3/60s): six records, attempts over three windows; r2 re-submits one."""
     await ledger.start_run(
         run_id="r1",
@@ -63,7 +63,7 @@ async def fill(ledger: Ledger, clock: ManualClock) -> None:
         settings={"plan": {}, "settings": {"rate_limit": "3/60s"}},
     )
     for seq, offset in enumerate((0, 1, 2, 61, 62, 200)):
-        clock.now = T0 + offset
+        clock.jump(T0 + offset - clock())
         attempt = await ledger.begin_attempt(
             run_id="r1",
             seq=seq,
@@ -72,8 +72,10 @@ async def fill(ledger: Ledger, clock: ManualClock) -> None:
             action="create",
             content_hash=f"{seq:064d}",
         )
-        ledger.finish_attempt(attempt, http_status=200, transaction_id=f"T{seq}")
-    clock.now = T0 + 300
+        # The second attempt was answered 429 (and the record tried again later).
+        status = 429 if seq == 1 else 200
+        ledger.finish_attempt(attempt, http_status=status, transaction_id=f"T{seq}")
+    clock.jump(T0 + 300 - clock())
     rejected_1012 = [error("1012", "Installed phases exceed available phases")]
     for seq, outcome in enumerate(
         (
@@ -92,7 +94,7 @@ async def fill(ledger: Ledger, clock: ManualClock) -> None:
     ):
         ledger.record_outcome("r1", seq, outcome)
     await ledger.finish_run("r1", status="finished", summary={"requests": 6, "http_429": 0})
-    clock.now = T0 + 4000
+    clock.jump(T0 + 4000 - clock())
     await ledger.start_run(
         run_id="r2",
         kind="installation",
@@ -116,7 +118,7 @@ async def fill(ledger: Ledger, clock: ManualClock) -> None:
 
 @pytest.fixture
 async def ledger(tmp_path: Path) -> Any:
-    clock = ManualClock(start=T0)  # the ledger's wall clock, set before each write
+    clock = VirtualClock(start=T0)  # the ledger's wall clock, moved before each write
     async with asyncio.timeout(10), Ledger(tmp_path / "ledger.sqlite3", clock=clock) as opened:
         await fill(opened, clock)
         yield opened
@@ -138,26 +140,43 @@ async def test_a_run_report_counts_outcomes_codes_and_quota_windows(ledger: Ledg
         "skipped": 0,
     }
     phases = "Installed phases exceed available phases"
+
+    def example(seq: int, status: int, txn: str | None = None) -> dict[str, Any]:
+        """The first record with the code, in input order."""
+        return {
+            "nmi": f"800100000{seq}",
+            "source": {"path": "in.jsonl", "line": seq + 1},
+            "http_status": status,
+            "transaction_id": txn,
+        }
+
     assert report["errors"] == [
-        {"outcome": "rejected", "code": "1012", "title": phases, "count": 2},
+        {"outcome": "rejected", "code": "1012", "title": phases, "count": 2}
+        | {"example": example(1, 422)},
         {
             "outcome": "failed",
             "code": "-",
             "title": "retry budget spent; last: HTTP 503",
             "count": 1,
+            "example": example(5, 200),
         },
-        {"outcome": "invalid", "code": "local", "title": "acConnections[0].count", "count": 1},
-        {"outcome": "rejected", "code": "1010", "title": "Future date", "count": 1},
+        {"outcome": "invalid", "code": "local", "title": "acConnections[0].count", "count": 1}
+        | {"example": example(4, 200)},
+        {"outcome": "rejected", "code": "1010", "title": "Future date", "count": 1}
+        | {"example": example(2, 422)},
     ]
-    assert report["exceptions"] == [{"code": "2024", "name": "Export limit", "count": 2}]
+    assert report["exceptions"] == [
+        {"code": "2024", "name": "Export limit", "count": 2, "example": example(3, 200, "T3")}
+    ]
     quota = report["quota"]
     assert (quota["count"], quota["period_s"], quota["attempts"]) == (3, 60.0, 6)
     assert quota["fullest_window"] == 3
     assert quota["windows"] == [
-        {"start": "2027-01-15T08:00:00Z", "attempts": 3},
-        {"start": "2027-01-15T08:01:00Z", "attempts": 2},
-        {"start": "2027-01-15T08:03:00Z", "attempts": 1},
+        {"start": "2027-01-15T08:00:00Z", "attempts": 3, "http_429": 1},
+        {"start": "2027-01-15T08:01:00Z", "attempts": 2, "http_429": 0},
+        {"start": "2027-01-15T08:03:00Z", "attempts": 1, "http_429": 0},
     ]
+    assert report["followup"] is None  # /out/r1 holds no followup.jsonl
     assert "nmi" not in report
 
 

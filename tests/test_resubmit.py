@@ -5,6 +5,7 @@ Against a simulator process without faults, so that every request count is exact
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 from pathlib import Path
@@ -15,8 +16,8 @@ import pytest
 from wem_der.records.samples import installations
 from wem_der.send.reconcile import register_holds
 
-from tests.e2e import write_jsonl
-from tests.processes import Result, Sim, outcome_lines, run_id_of, wem_der
+from tests.e2e import read_outcomes, run_cli, write_jsonl
+from tests.processes import RUN_TIMEOUT_S, Result, Sim, outcome_lines, run_id_of, wem_der
 
 # Positions in the batch, and what the simulated register makes of them.
 PHASES = 8  # installedPhasesCount 3 > availablePhasesCount 1: rejected, rule 1012
@@ -155,3 +156,34 @@ def test_bad_requests_are_refused_before_anything_is_sent(
     assert "changed since run" in changed.stderr
     assert "Traceback" not in unknown.output + changed.output
     assert sim.stats()["der_requests_received"] == received
+
+
+async def test_a_chosen_record_a_stream_no_longer_gives_is_reported_invalid(
+    register: Sim, tmp_path: Path
+) -> None:
+    """Re-submitted from standard input, which now gives a broken line where a chosen
+    record was: that record's outcome is invalid, saying why, and the other chosen
+    records are sent."""
+    records = batch()
+    lines = [orjson.dumps(record) + b"\n" for record in records]
+    state = tmp_path / "state"
+    async with asyncio.timeout(RUN_TIMEOUT_S):
+        parent = await run_cli(
+            ["submit", "-", "--out", "nightly", *register.flags(state)], tmp_path, b"".join(lines)
+        )
+        assert parent.code == 1, parent.stderr
+        lines[PHASES] = b'{"nmi": "cut short\n'
+        secret = ["--client-secret-file", str(register.secret_file)]
+        again = await run_cli(
+            ["resubmit", "nightly", "--out", "again", "--state-dir", str(state), *secret],
+            tmp_path,
+            b"".join(lines),
+        )
+
+    assert again.code == 1, again.stderr  # rejected again, and one invalid
+    found = read_outcomes(tmp_path / "again")
+    [broken] = found["invalid"]
+    assert broken["source"] == {"path": "-", "line": PHASES + 1}
+    assert "broken JSON" in broken["reason"]
+    resent = sorted(line["nmi"] for line in found["rejected"])
+    assert resent == sorted(records[i]["nmi"] for i in (FUTURE, PHASES_TOO))

@@ -16,18 +16,9 @@ from wem_der.send.retry import (
     classify,
     parse_retry_after,
 )
+from wem_der.testing import VirtualClock
 
 NOW = datetime(2026, 10, 21, 7, 28, 0, tzinfo=UTC)
-
-
-class StepClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 6, 7, 12])
@@ -174,7 +165,7 @@ def test_parse_retry_after_needs_an_aware_now() -> None:
 
 def test_budget_runs_out_of_attempts() -> None:
     """With max_attempts=3, two waits are granted and the third failure ends the record."""
-    clock = StepClock()
+    clock = VirtualClock(start=100.0)
     budget = Budget(RetryPolicy(max_attempts=3, base_delay_s=0.0), clock=clock)
     assert budget.next_delay(random.Random(1), None) == 0.0
     assert budget.next_delay(random.Random(1), None) == 0.0
@@ -184,22 +175,22 @@ def test_budget_runs_out_of_attempts() -> None:
 
 def test_budget_runs_out_of_time_counting_the_coming_wait() -> None:
     """A wait that would end past max_elapsed_s is refused even though time remains now."""
-    clock = StepClock()
+    clock = VirtualClock(start=100.0)
     budget = Budget(RetryPolicy(max_elapsed_s=10.0, base_delay_s=0.0), clock=clock)
-    clock.now += 5.0
+    clock.jump(5.0)
     assert budget.next_delay(random.Random(1), 4.0) == 4.0
-    clock.now += 4.0
+    clock.jump(4.0)
     assert budget.next_delay(random.Random(1), 1.0) == 1.0  # ends exactly at 10 s
-    clock.now += 1.0
+    clock.jump(1.0)
     assert budget.next_delay(random.Random(1), 0.5) is None
 
 
 def test_budget_waits_at_least_the_retry_after_up_to_its_cap() -> None:
     """The wait is max(backoff, Retry-After), and a Retry-After beyond the cap is cut to it."""
     policy = RetryPolicy(base_delay_s=0.5, retry_after_cap_s=20.0, max_elapsed_s=600.0)
-    budget = Budget(policy, clock=StepClock())
+    budget = Budget(policy, clock=VirtualClock(start=100.0))
     assert budget.next_delay(random.Random(1), 7.0) == 7.0
     assert budget.next_delay(random.Random(1), 90.0) == 20.0
-    without = Budget(policy, clock=StepClock()).next_delay(random.Random(3), None)
+    without = Budget(policy, clock=VirtualClock(start=100.0)).next_delay(random.Random(3), None)
     assert without is not None
     assert 0.0 <= without <= 0.5

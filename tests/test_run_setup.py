@@ -3,7 +3,6 @@ settings' checks, the progress bar's total and clock, and the files born owner-o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gzip
 import io
@@ -11,21 +10,19 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import orjson
 import pytest
-from wem_der.cli import progress as progress_module
-from wem_der.cli.main import build_parser
+from rich.console import Console
+from wem_der.cli.main import parse
 from wem_der.cli.progress import Progress, estimate_records
-from wem_der.config import load_settings
+from wem_der.config import load_settings, settings_from
 from wem_der.errors import ConfigError
 from wem_der.files.private import private_file, write_json_atomic
 from wem_der.records.outcomes import Outcome, OutcomeRecord, SourceRef
 from wem_der.records.shapes import RecordKind
 from wem_der.run.lock import run_lock
-from wem_der.run.resolve import settings_from
-from wem_der.simulator.testing import ManualClock
+from wem_der.testing import VirtualClock
 
 from tests.e2e import records, run_cli, wem_der, write_jsonl
 
@@ -111,30 +108,22 @@ def test_regular_files_are_counted_when_plain_jsonl(
     assert estimate_records([str(path), "-"]) is None  # standard input cannot be counted
 
 
-@pytest.fixture
-def progress_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
-    """cli/progress.py's clock, moved by the test (the event loop keeps the real one)."""
-    clock = ManualClock(start=0.0)
-    monkeypatch.setattr(progress_module, "time", SimpleNamespace(monotonic=clock))
-    return clock
-
-
-async def test_the_rate_is_counted_from_start(progress_clock: ManualClock) -> None:
-    """The setup between building the bar and starting it sends nothing: it is not in the rate."""
-    bar = Progress(total=10, stream=io.StringIO())
-    progress_clock.advance(100.0)  # settings, the inputs counted, the ledger opened
+async def test_the_rate_and_time_left_are_of_the_records_sent() -> None:
+    """The setup before the bar starts sends nothing: it is not in the rate nor the ETA."""
+    clock = VirtualClock(start=0.0)  # the bar's clock, moved by the test
+    screen = io.StringIO()
+    bar = Progress(total=10, console=Console(file=screen, width=120), clock=clock)
+    clock.jump(100.0)  # settings, the inputs counted, the ledger opened
     bar.start()
     try:
-        bar.on_outcome(
-            OutcomeRecord(RecordKind.INSTALLATION, "8001000001", SourceRef("in"), Outcome.ACCEPTED)
-        )
-        progress_clock.advance(1.0)
-        line = bar.line()
+        for outcome in (Outcome.ACCEPTED, Outcome.REJECTED, Outcome.ACCEPTED):
+            record = OutcomeRecord(RecordKind.INSTALLATION, "8001000001", SourceRef("in"), outcome)
+            bar.on_outcome(record)
+            clock.jump(1.0)
     finally:
-        await bar.stop()
-    assert "1/10" in line
-    assert "1.0 rec/s" in line
-    assert "ETA 0:00:09" in line
+        await bar.stop()  # draws the bar a last time, even where stderr is not a terminal
+    line = screen.getvalue()
+    assert " 3/10 1.0 rec/s ETA 0:00:07 accepted 2  rejected 1\n" in line
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -164,7 +153,7 @@ def test_a_bad_rate_from_a_profile_is_refused(tmp_path: Path) -> None:
 def test_a_stored_bad_rate_is_refused() -> None:
     """The settings a run stored (its run.json, for resume) are checked like any other."""
     with pytest.raises(ConfigError, match=r"rate_limit: .*rate 'fast' is not COUNT/PERIOD"):
-        settings_from(argparse.Namespace(), env="local", stored={"rate_limit": "fast"})
+        settings_from({}, env="local", stored={"rate_limit": "fast"})
 
 
 @pytest.mark.parametrize("given", ["false", "0"])
@@ -198,66 +187,79 @@ def test_private_file_is_born_owner_only_and_leaves_a_file_alone(tmp_path: Path)
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        # argparse alone said only "the following arguments are required: --out".
-        (
-            ["submit", "in.jsonl", "--outt", "out"],
-            "unrecognized option --outt (did you mean --out?)",
-        ),
+        # Named before the missing --out (argparse named only that).
+        (["submit", "in.jsonl", "--outt", "out"], "No such option '--outt'. Did you mean '--out'?"),
         (
             ["submit", "in.jsonl", "--out", "o", "--concurency", "5"],
-            "unrecognized option --concurency (did you mean --concurrency?)",
+            "No such option '--concurency'. Did you mean '--concurrency'?",
         ),
         (
             ["resume", "run", "--nmi-base-urll=http://x"],
-            "unrecognized option --nmi-base-urll (did you mean --nmi-base-url?)",
+            "No such option '--nmi-base-urll'. Did you mean '--nmi-base-url'?",
         ),
-        (["submit", "in.jsonl", "--bogus"], "unrecognized option --bogus\n"),
+        # No prefix stands for an option: one that does today could stand for two tomorrow.
+        (["submit", "in.jsonl", "--ou", "o"], "No such option '--ou'. Did you mean '--out'?"),
+        # Compared without their dashes, which would make --oz look like --out.
+        (["submit", "in.jsonl", "--oz"], "No such option '--oz'.\n"),
     ],
 )
 def test_a_mistyped_option_is_named_with_the_one_meant(
     argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exited:
-        build_parser().parse_args(argv)
-    assert exited.value.code == 2
+    assert parse(argv) == 2
     assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "paths"),
+    [
+        (["submit", "in.jsonl", "--out", "o", "--concurrency", "-5"], ["in.jsonl"]),  # a negative
+        (["submit", "-", "--out", "o"], ["-"]),  # stdin
+        (["submit", "--out", "o", "--", "--named-like-an-option"], ["--named-like-an-option"]),
+    ],
+)
+def test_what_the_parser_accepts_is_not_taken_for_a_typo(argv: list[str], paths: list[str]) -> None:
+    options = parse(argv)
+    assert isinstance(options, dict)
+    assert (options["command"], options["paths"]) == ("submit", paths)
+
+
+def test_options_are_named_as_the_long_options_and_none_unless_given() -> None:
+    """Each command hands on its options by long name (`--with` as `corrected`); a setting
+    not given is None, so that the environment, the profile or the run's record supplies it."""
+    resubmit = parse(["resubmit", "RUN", "--with", "fixed.jsonl", "--rate-limit", "300/3s"])
+    submit = parse(["submit", "a", "b", "--out", "o", "--insecure", "--client-secret", "-s3"])
+    resume = parse(["resume", "RUN"])
+    assert isinstance(resubmit, dict)
+    assert isinstance(submit, dict)
+    assert isinstance(resume, dict)
+    assert (resubmit["command"], resubmit["run"], resubmit["corrected"]) == (
+        "resubmit",
+        "RUN",
+        Path("fixed.jsonl"),
+    )
+    assert (resubmit["only"], resubmit["rate_limit"]) == ("failed,rejected", "300/3s")
+    assert (resubmit["insecure"], resubmit["client_secret"], resubmit["out"]) == (None,) * 3
+    assert (submit["paths"], submit["out"]) == (["a", "b"], Path("o"))
+    assert submit["kind"] == "installation"
+    assert (submit["insecure"], submit["force"], submit["dry_run"]) == (True, False, False)
+    assert submit["client_secret"] == "-s3"  # a secret may begin with a dash
+    assert (resume["paths"], resume["force"], resume["kind"]) == ([], None, None)
 
 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["submit", "in.jsonl", "--ou", "o", "--concurrency", "-5"],  # a prefix, a negative
-        ["submit", "-", "--out", "o"],  # stdin
-        ["submit", "--out", "o", "--", "--file-named-like-an-option"],
+        ["submit", "in.jsonl", "--out", "o", "--client-secrett=s3cr3t"],
+        ["submit", "in.jsonl", "--out", "o", "--client-secrett", "s3cr3t"],
     ],
+    ids=["joined", "apart"],
 )
-def test_what_argparse_accepts_is_not_taken_for_a_typo(argv: list[str]) -> None:
-    assert build_parser().parse_args(argv).command == "submit"
-
-
-@pytest.mark.parametrize(
-    ("argv", "expected", "value"),
-    [
-        (
-            ["submit", "in.jsonl", "--out", "o", "--client-secret", "-s3"],
-            "--client-secret: expected one argument",
-            "-s3",
-        ),
-        # Nor the value of a mistyped one, which argparse alone listed in full.
-        (
-            ["submit", "in.jsonl", "--out", "o", "--client-secrett=s3cr3t"],
-            "unrecognized option --client-secrett (did you mean --client-secret?)",
-            "s3cr3t",
-        ),
-    ],
-    ids=["missing-value", "mistyped-option"],
-)
-def test_a_refused_option_value_is_not_echoed(
-    argv: list[str], expected: str, value: str, capsys: pytest.CaptureFixture[str]
+def test_the_value_of_a_mistyped_option_is_not_echoed(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A value argparse refuses may be a secret: the error names the option, not the value."""
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(argv)
+    """It may be a secret: the error names the option, not the value."""
+    assert parse(argv) == 2
     err = capsys.readouterr().err
-    assert expected in err
-    assert value not in err
+    assert "No such option '--client-secrett'. Did you mean '--client-secret'?" in err
+    assert "s3cr3t" not in err

@@ -47,17 +47,15 @@ DISTINCT = "wemder-sec-" + "Q9vX2kLp7" * 3
 
 
 @pytest.mark.parametrize("scenario", ["accepted", "credentials refused", "misconfigured"])
-async def test_the_secret_and_the_tokens_show_nowhere(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str
-) -> None:
+async def test_the_secret_and_the_tokens_show_nowhere(tmp_path: Path, scenario: str) -> None:
     """A finished run, one whose credentials are refused and one stopped by a wrong URL: the
     secret (plain or as Basic credentials) and every token issued are in no output or file."""
     secrets = Secrets(CLIENT_ID, DISTINCT)
-    record_tokens(monkeypatch, secrets)
     async with asyncio.timeout(60):
         path = write_jsonl(tmp_path / "in.jsonl", records(5))
         expected = "not-the-secret-given" if scenario == "credentials refused" else DISTINCT
-        async with Simulator(sim_settings(client_secret=SecretStr(expected))) as sim:
+        cfg = sim_settings(client_secret=SecretStr(expected))
+        async with Simulator(cfg, middlewares=[record_tokens(secrets)]) as sim:
             flags = endpoint_flags(sim, tmp_path, secret=DISTINCT)
             if scenario == "misconfigured":
                 flags += ["--base-url", sim.installation_url + "/v9"]  # the last flag wins

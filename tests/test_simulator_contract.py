@@ -1,7 +1,7 @@
 """The client's record shapes against AEMO's operation definitions, through the simulator.
 
 The simulator reads what a body may hold from the definitions it ships (`data/*.yml`), not
-from the client's shapes (`pipeline/wem_der/records/shapes.py`), so the two are independent witnesses: a
+from the client's shapes (`records/shapes.py`), so the two are independent witnesses: a
 record holding every field of the client's shapes, and one holding every field of the
 definitions, are each submitted through the client and must be accepted by the register.
 A field the client names wrongly, types wrongly or lacks fails one of the two.
@@ -120,7 +120,7 @@ async def _submit_one(tmp_path: Path, kind: RecordKind, record: dict[str, Any]) 
 async def test_every_field_of_the_client_shapes_is_one_the_register_accepts(
     tmp_path: Path, kind: RecordKind
 ) -> None:
-    """A field of pipeline/wem_der/records/shapes.py misnamed or mistyped against the definitions passes
+    """A field of records/shapes.py misnamed or mistyped against the definitions passes
     the client's own pre-flight, and is refused here by the register."""
     async with asyncio.timeout(30):
         record = _from_shape(RECORDS[kind], kind)
@@ -154,11 +154,12 @@ def _modules_imported(path: Path, root: str) -> set[str]:
 
 
 def test_the_simulator_imports_nothing_of_the_client_that_could_share_its_mistakes() -> None:
-    """Only the package's file-permission and error helpers: never its shapes, validation
-    or enumerations, through which the simulator would agree with the client's mistakes."""
+    """Only the package's file-permission and error helpers, and its test clock: never its
+    shapes, validation or enumerations, through which the simulator would agree with the
+    client's mistakes."""
     package = schema.__name__.rpartition(".")[0]
     root = package.partition(".")[0]
-    allowed = {f"{root}.files.private", f"{root}.errors"}
+    allowed = {f"{root}.files.private", f"{root}.errors", f"{root}.testing"}
     outside = {
         (path.name, module)
         for path in Path(schema.__file__).parent.glob("*.py")

@@ -12,13 +12,8 @@ import aiohttp
 import pytest
 from pydantic import SecretStr, ValidationError
 from wem_der.simulator import FaultProfile, SimulatorSettings
-from wem_der.simulator.testing import (
-    ManualClock,
-    RecordingSleep,
-    SimClient,
-    connected,
-    sample_installation,
-)
+from wem_der.simulator.testing import SimClient, connected, sample_installation
+from wem_der.testing import VirtualClock
 
 BASE = SimulatorSettings(client_secret=SecretStr("s"))
 
@@ -50,16 +45,16 @@ async def test_same_seed_same_answers() -> None:
 
 async def test_outage_window_answers_503() -> None:
     """Inside [start, end) seconds after start every DER request gets 503."""
-    clock = ManualClock()
+    clock = VirtualClock()
     async with asyncio.timeout(10), connected(with_faults(outages=((10, 20),)), clock=clock) as c:
         assert (await c.call("GET", get_url(c))).status == 404
-        clock.advance(10)
+        clock.jump(10)
         outage = await c.call("GET", get_url(c))
         assert outage.status == 503
         assert outage.body["errors"][0]["code"] == "503"
-        clock.advance(9.5)
+        clock.jump(9.5)
         assert (await c.call("GET", get_url(c))).status == 503
-        clock.advance(0.5)
+        clock.jump(0.5)
         assert (await c.call("GET", get_url(c))).status == 404
 
 
@@ -87,15 +82,20 @@ async def test_applied_then_dropped_stores_the_change() -> None:
 
 
 async def test_latency_uses_the_injected_sleep() -> None:
-    """latency_ms plus up to jitter_ms is slept, through the injected sleep."""
-    sleep = RecordingSleep()
+    """latency_ms plus up to jitter_ms is slept, through the injected sleep: each answer
+    comes that long after its request, on the injected clock."""
+    clock = VirtualClock()
     settings = with_faults(latency_ms=50, jitter_ms=10)
-    async with asyncio.timeout(10), connected(settings, sleep=sleep) as client:
+    waited: list[float] = []
+    async with asyncio.timeout(10), connected(settings, clock=clock) as client:
         for _ in range(3):
+            sent = clock()
             await client.call("GET", get_url(client))
-    assert len(sleep.calls) == 3
-    assert all(0.05 <= s <= 0.06 for s in sleep.calls)
-    assert len(set(sleep.calls)) == 3
+            waited.append(clock() - sent)
+    assert len(clock.sleeps) == 3
+    assert all(0.05 <= s <= 0.06 for s in clock.sleeps)
+    assert len(set(clock.sleeps)) == 3
+    assert waited == pytest.approx(clock.sleeps)
 
 
 async def test_throttle_rate_answers_429_whatever_the_quota() -> None:

@@ -8,24 +8,19 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import SecretStr
 from wem_der.simulator import FaultProfile, SimulatorSettings
-from wem_der.simulator.testing import (
-    ManualClock,
-    SimClient,
-    connected,
-    expect_error,
-    sample_installation,
-)
+from wem_der.simulator.testing import SimClient, connected, expect_error, sample_installation
+from wem_der.testing import VirtualClock
 
 SETTINGS = SimulatorSettings(client_secret=SecretStr("s"), token_lifetime_s=100)
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> VirtualClock:
+    return VirtualClock()
 
 
 @pytest.fixture
-async def client(clock: ManualClock) -> AsyncIterator[SimClient]:
+async def client(clock: VirtualClock) -> AsyncIterator[SimClient]:
     async with connected(SETTINGS, clock=clock) as c:
         yield c
 
@@ -51,12 +46,12 @@ async def test_bad_bearer_token_is_401(client: SimClient, authorization: str | N
         assert error["detail"] == "Authorization failed"
 
 
-async def test_token_expires_on_the_injected_clock(client: SimClient, clock: ManualClock) -> None:
+async def test_token_expires_on_the_injected_clock(client: SimClient, clock: VirtualClock) -> None:
     """A token works until lifetime_s after issue, and not from then on."""
     async with asyncio.timeout(10):
-        clock.advance(99.75)
+        clock.jump(99.75)
         assert (await client.call("GET", get_url(client))).status == 404  # authorised
-        clock.advance(0.25)
+        clock.jump(0.25)
         expect_error(await client.call("GET", get_url(client)), 401, "401")
         await client.fetch_token()
         assert (await client.call("GET", get_url(client))).status == 404
@@ -64,12 +59,12 @@ async def test_token_expires_on_the_injected_clock(client: SimClient, clock: Man
 
 async def test_revocation_invalidates_only_earlier_tokens() -> None:
     """At a revocation time, tokens issued before it stop working; new ones work."""
-    clock = ManualClock()
+    clock = VirtualClock()
     settings = SETTINGS.model_copy(update={"faults": FaultProfile(revoke_tokens_at_s=(10.0,))})
     async with asyncio.timeout(10), connected(settings, clock=clock) as client:
-        clock.advance(9.75)
+        clock.jump(9.75)
         assert (await client.call("GET", get_url(client))).status == 404
-        clock.advance(0.25)
+        clock.jump(0.25)
         expect_error(await client.call("GET", get_url(client)), 401, "401")
         await client.fetch_token()
         assert (await client.call("GET", get_url(client))).status == 404

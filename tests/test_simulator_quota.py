@@ -11,18 +11,19 @@ import pytest
 from pydantic import SecretStr
 from wem_der.simulator import FaultProfile, SimulatorSettings
 from wem_der.simulator.quota import SlidingWindowQuota
-from wem_der.simulator.testing import ManualClock, SimClient, connected
+from wem_der.simulator.testing import SimClient, connected
+from wem_der.testing import VirtualClock
 
 SETTINGS = SimulatorSettings(client_secret=SecretStr("s"), quota_count=5, quota_period_s=10.0)
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> VirtualClock:
+    return VirtualClock()
 
 
 @pytest.fixture
-async def client(clock: ManualClock) -> AsyncIterator[SimClient]:
+async def client(clock: VirtualClock) -> AsyncIterator[SimClient]:
     async with connected(SETTINGS, clock=clock) as c:
         yield c
 
@@ -33,7 +34,7 @@ async def get_status(client: SimClient) -> int:
     ).status
 
 
-async def test_exactly_count_per_window(client: SimClient, clock: ManualClock) -> None:
+async def test_exactly_count_per_window(client: SimClient, clock: VirtualClock) -> None:
     """COUNT requests pass in a window, the next is 429, and one passes once the first leaves."""
     async with asyncio.timeout(10):
         assert [await get_status(client) for _ in range(5)] == [404] * 5
@@ -41,9 +42,9 @@ async def test_exactly_count_per_window(client: SimClient, clock: ManualClock) -
         assert refused.status == 429
         assert refused.body["transactionId"]
         assert "Retry-After" not in refused.headers
-        clock.advance(9.75)
+        clock.jump(9.75)
         assert await get_status(client) == 429
-        clock.advance(0.25)  # the first five leave the window (now - 10, now]
+        clock.jump(0.25)  # the first five leave the window (now - 10, now]
         assert await get_status(client) == 404
         stats = client.sim.stats()
         assert stats["http_429"] == 2
@@ -69,17 +70,17 @@ async def test_refused_answers_count_toward_the_quota(client: SimClient) -> None
 @pytest.mark.parametrize("counts_refused", [False, True])
 async def test_counting_refused_requests_is_a_setting(counts_refused: bool) -> None:
     """With quota_counts_refused, a refused request also fills the window."""
-    clock = ManualClock()
+    clock = VirtualClock()
     settings = SETTINGS.model_copy(
         update={"quota_count": 2, "quota_counts_refused": counts_refused}
     )
     async with asyncio.timeout(10), connected(settings, clock=clock) as client:
         assert await get_status(client) == 404  # t0
-        clock.advance(5)
+        clock.jump(5)
         assert await get_status(client) == 404  # t0 + 5
-        clock.advance(1)
+        clock.jump(1)
         assert await get_status(client) == 429  # t0 + 6
-        clock.advance(4.5)  # t0 + 10.5: the window holds t0+5 (admitted) and t0+6 (refused)
+        clock.jump(4.5)  # t0 + 10.5: the window holds t0+5 (admitted) and t0+6 (refused)
         assert await get_status(client) == (429 if counts_refused else 404)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import re
 import ssl
@@ -12,8 +11,9 @@ import aiohttp
 import pytest
 import trustme
 from pydantic import SecretStr
+from wem_der.cli.main import parse as parse_cli
 from wem_der.simulator import FaultProfile, Simulator, SimulatorSettings, serve
-from wem_der.simulator.cli_args import SECRET_ENV, add_arguments, settings_from_args
+from wem_der.simulator.cli_args import SECRET_ENV, settings_from_args
 from wem_der.simulator.testing import SimClient
 
 SETTINGS = SimulatorSettings(client_secret=SecretStr("s"))
@@ -71,9 +71,9 @@ async def test_serve_prints_urls_and_runs_until_cancelled(
 
 
 def parse(*argv: str) -> SimulatorSettings:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return settings_from_args(parser.parse_args(argv))
+    options = parse_cli(["simulate", *argv])
+    assert isinstance(options, dict), options
+    return settings_from_args(options)
 
 
 def test_cli_defaults_are_open_mode(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,6 +114,5 @@ def test_cli_quota_and_fault_flags_override_the_profile(tmp_path: Path) -> None:
 
 def test_cli_refuses_a_bad_quota(capsys: pytest.CaptureFixture[str]) -> None:
     """A quota that is not COUNT/PERIOD is a usage error naming the expected form."""
-    with pytest.raises(SystemExit):
-        parse("--quota", "6000 per minute")
+    assert parse_cli(["simulate", "--quota", "6000 per minute"]) == 2
     assert "COUNT/PERIOD" in capsys.readouterr().err

@@ -10,14 +10,13 @@ import os
 import random
 import tracemalloc
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 import pytest
 from wem_der.errors import InputError
-from wem_der.read import sources
 from wem_der.read.formats import READ_SIZE, StreamError, gunzip, items_from_chunks
 from wem_der.read.jsonsplit import ArraySplitter, Element, SplitError
 from wem_der.read.sources import MAX_ITEM_BYTES, check_paths, iter_items
@@ -40,10 +39,11 @@ async def collect(
     stdin: BinaryIO | None = None,
     chunk_lines: int = 512,
     max_item_bytes: int = MAX_ITEM_BYTES,
+    read: Callable[[int, int], bytes] = os.read,
 ) -> list[SourceItem]:
     async with asyncio.timeout(10):
         items = iter_items(
-            paths, stdin=stdin, chunk_lines=chunk_lines, max_item_bytes=max_item_bytes
+            paths, stdin=stdin, chunk_lines=chunk_lines, max_item_bytes=max_item_bytes, read=read
         )
         return [item async for item in items]
 
@@ -700,9 +700,7 @@ async def test_chunk_lines_below_one_is_refused() -> None:
         await collect(["-"], stdin=io.BytesIO(b"{}"), chunk_lines=0)
 
 
-async def test_stopping_early_closes_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_stopping_early_closes_the_file(tmp_path: Path) -> None:
     """Leaving the iteration early releases the input file."""
     path = tmp_path / "in.jsonl"
     path.write_bytes(jsonl(RECORDS))
@@ -710,23 +708,54 @@ async def test_stopping_early_closes_the_file(
     def open_paths() -> set[str]:
         return {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
 
-    # Holding on to the reader shows that the file is closed, not merely collected.
-    readers: list[object] = []
+    read_from: set[int] = set()
 
-    def kept(*args: Any) -> Any:
-        readers.append(reader := path_items(*args))
-        return reader
+    def read(fd: int, size: int) -> bytes:
+        read_from.add(fd)
+        return os.read(fd, size)
 
-    path_items = sources._path_items
-    monkeypatch.setattr(sources, "_path_items", kept)
     real = os.path.realpath(path)
     async with asyncio.timeout(10):
-        items = iter_items([str(path)], chunk_lines=1)
+        items = iter_items([str(path)], chunk_lines=1, read=read)
         await anext(items)
         assert real in open_paths()
         await items.aclose()
-    assert readers
+    assert len(read_from) == 1  # the file was read, through `read`
     assert real not in open_paths()
+
+
+async def test_a_file_that_shrinks_while_read(tmp_path: Path) -> None:
+    """Cut short after its first read: the lines read are items, the cut is one error item
+    at the line it happened, and the next input is read as usual."""
+    records: list[dict[str, object]] = [
+        {"nmi": f"80010{n:05d}", "comments": "x" * 3000} for n in range(1, 41)
+    ]
+    shrinks = tmp_path / "shrinks.jsonl"
+    shrinks.write_bytes(jsonl(records))
+    after = tmp_path / "after.jsonl"
+    after.write_bytes(jsonl([{"nmi": "8001000099"}]))
+    whole = shrinks.read_bytes()[:READ_SIZE].count(b"\n")
+    assert 0 < whole < 40
+
+    def read(fd: int, size: int) -> bytes:
+        chunk = os.read(fd, size)
+        if os.fstat(fd).st_size > READ_SIZE + 10:
+            # Another process truncates the file between two reads.
+            os.truncate(shrinks, READ_SIZE + 10)
+        return chunk
+
+    items = await collect([str(shrinks), str(after)], read=read)
+    assert [item.value for item in items[:whole]] == records[:whole]
+    assert [item.source for item in items[:whole]] == [
+        SourceRef(str(shrinks), line) for line in range(1, whole + 1)
+    ]
+    cut = items[whole]
+    assert cut.source == SourceRef(str(shrinks), whole + 1)
+    assert cut.error is not None
+    assert cut.error.startswith("file shrank while being read")
+    assert cut.error.endswith(f"after line {whole}")
+    [last] = items[whole + 1 :]
+    assert (last.source, last.value) == (SourceRef(str(after), 1), {"nmi": "8001000099"})
 
 
 @pytest.mark.parametrize(

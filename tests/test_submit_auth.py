@@ -10,7 +10,7 @@ from wem_der.errors import CredentialsRefused
 from wem_der.records.outcomes import OutcomeRecord
 from wem_der.run.wiring import Hooks
 from wem_der.simulator import FaultProfile, Simulator
-from wem_der.simulator.testing import ManualClock
+from wem_der.testing import VirtualClock
 
 from tests.e2e import (
     CLIENT_ID,
@@ -30,12 +30,12 @@ from tests.leaks import Secrets, assert_nothing_leaked, files_under
 from tests.scripted import Reply, serve
 
 
-def step_per_outcome(clock: ManualClock, seconds: float) -> Hooks:
+def step_per_outcome(clock: VirtualClock, seconds: float) -> Hooks:
     """Hooks whose clock moves `seconds` each time a record is finished: time passes as
     the run progresses, at the same points on every run."""
 
     def on_outcome(outcome: OutcomeRecord) -> None:
-        clock.advance(seconds)
+        clock.jump(seconds)
 
     return Hooks(on_outcome=on_outcome)
 
@@ -44,7 +44,7 @@ async def test_tokens_expiring_mid_run_are_refreshed_ahead_of_time(tmp_path: Pat
     """3 s tokens over an 8 s run: renewed before they expire, so the register sees no 401."""
     async with asyncio.timeout(30):
         path = write_jsonl(tmp_path / "in.jsonl", records(80))
-        clock = ManualClock()
+        clock = VirtualClock()
         async with Simulator(sim_settings(token_lifetime_s=3), clock=clock) as sim:
             settings = run_settings(sim, tmp_path)
             hooks = step_per_outcome(clock, 0.1)
@@ -65,7 +65,7 @@ async def test_revoked_tokens_cost_one_refresh_and_one_replay(tmp_path: Path, ta
     """Two revocations mid-run: each 401 is replayed once with a new token; one refresh each."""
     async with asyncio.timeout(30):
         path = write_jsonl(tmp_path / "in.jsonl", records(60))
-        clock = ManualClock()
+        clock = VirtualClock()
         faults = FaultProfile(revoke_tokens_at_s=(1.0, 2.0))
         finished = 0
 
@@ -73,9 +73,10 @@ async def test_revoked_tokens_cost_one_refresh_and_one_replay(tmp_path: Path, ta
             nonlocal finished
             finished += 1
             if finished in (15, 35):  # the register revokes every token issued so far
-                clock.advance(1.0)
+                clock.jump(1.0)
 
-        async with Simulator(sim_settings(faults=faults), clock=clock) as sim:
+        sim_cfg = sim_settings(faults=faults)
+        async with Simulator(sim_cfg, clock=clock, middlewares=[tap.middleware]) as sim:
             settings = run_settings(sim, tmp_path, concurrency=4)
             result = await submit(settings, tmp_path, [path], hooks=Hooks(on_outcome=on_outcome))
             stats = sim.stats()

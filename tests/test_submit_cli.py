@@ -11,9 +11,15 @@ from asyncio.subprocess import PIPE
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TextIO, cast
 
 import orjson
 import pytest
+from rich.console import Console
+from wem_der.cli.guarded_output import GuardedStream, Loss
+from wem_der.cli.progress import Progress
+from wem_der.records.outcomes import Outcome, OutcomeRecord, SourceRef
+from wem_der.records.shapes import RecordKind
 from wem_der.simulator import FaultProfile, Simulator
 
 from tests.e2e import (
@@ -58,9 +64,13 @@ async def test_stdin_with_the_embedded_simulator(tmp_path: Path) -> None:
 
 
 async def test_usage_and_configuration_errors_exit_2(tmp_path: Path) -> None:
-    """A missing input, or --insecure with the prod profile: exit 2, nothing run."""
+    """A mistyped option, a missing input, or --insecure with the prod profile: exit 2,
+    nothing run."""
     async with asyncio.timeout(60):
         out = tmp_path / "out"
+        typo = await run_cli(["submit", "nope.jsonl", "--outt", str(out)], tmp_path)
+        assert typo.code == 2
+        assert "No such option '--outt'. Did you mean '--out'?" in typo.stderr
         missing = await run_cli(["submit", "nope.jsonl", "--out", str(out)], tmp_path)
         assert missing.code == 2
         assert "nope.jsonl" in missing.stderr
@@ -80,7 +90,7 @@ async def test_compression_on_the_wire(tmp_path: Path, tap: Tap, compression: st
         recs = records(3)
         path = write_jsonl(tmp_path / "in.jsonl", recs)
         flag = [] if compression == "gzip" else ["--compression", compression]
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
             args = ["submit", str(path), "--out", str(tmp_path / "out"), *flag]
             done = await run_cli([*args, *endpoint_flags(sim, tmp_path)], tmp_path)
         assert done.code == 0, done.stderr
@@ -157,9 +167,12 @@ async def test_ctrl_c_then_resume(tmp_path: Path, tap: Tap) -> None:
                 await release.wait()
 
         faults = FaultProfile(latency_ms=1)
-        async with Simulator(sim_settings(faults=faults), sleep=latency) as sim:
+        sim_cfg = sim_settings(faults=faults)
+        async with Simulator(sim_cfg, sleep=latency, middlewares=[tap.middleware]) as sim:
             flags = endpoint_flags(sim, tmp_path)
-            args = ["submit", str(path), "--out", str(out), "--concurrency", "2", *flags]
+            # The ledger plans: the simulator's latency counts the writes alone.
+            args = ["submit", str(path), "--out", str(out), "--concurrency", "2"]
+            args += ["--plan", "ledger", *flags]
             async with cli(args, tmp_path) as proc:
                 await _interrupt_when(held, proc)  # two requests on the wire, four done
                 release.set()  # what is on the wire finishes
@@ -232,9 +245,12 @@ async def test_a_second_ctrl_c_stops_at_once_and_resume_reads_back_the_wire(
                 raise ConnectionResetError("the client is gone")
 
         faults = FaultProfile(latency_ms=1)
-        async with Simulator(sim_settings(faults=faults), sleep=latency) as sim:
+        sim_cfg = sim_settings(faults=faults)
+        async with Simulator(sim_cfg, sleep=latency, middlewares=[tap.middleware]) as sim:
             flags = endpoint_flags(sim, tmp_path)
-            args = ["submit", str(path), "--out", str(out), "--concurrency", "2", *flags]
+            # The ledger plans: the simulator's latency counts the writes alone.
+            args = ["submit", str(path), "--out", str(out), "--concurrency", "2"]
+            args += ["--plan", "ledger", *flags]
             async with cli(args, tmp_path) as proc:
                 said = await _interrupt_when(held, proc)  # two writes on the wire, two done
                 proc.send_signal(signal.SIGINT)
@@ -344,6 +360,25 @@ async def test_a_log_that_cannot_be_written_does_not_stop_the_run(
     assert int(lost[1]) >= 22
     assert lost[2] == reason
     assert re.search(rf"\n +log lost +{re.escape(summary['stderr_lost'])}\n", done.stdout)
+
+
+async def test_the_progress_bar_on_a_stderr_that_fails_does_not_stop_the_run() -> None:
+    """The terminal under the bar gone away: the bar's lines are counted as lost, as the
+    log's are, and nothing raises."""
+    loss = Loss()
+    with pipe_nobody_reads() as writer, open(writer, "w", closefd=False) as stream:
+        # As the CLI hands it over: sys.stderr, guarded (cli/guarded_output.py).
+        guarded = cast(TextIO, GuardedStream(stream, loss))
+        terminal = Console(file=guarded, force_terminal=True)
+        bar = Progress(total=2, console=terminal)
+        bar.start()
+        bar.on_outcome(
+            OutcomeRecord(RecordKind.INSTALLATION, "8001000001", SourceRef("in"), Outcome.ACCEPTED)
+        )
+        await bar.stop()
+    assert loss.failure is not None
+    assert loss.failure[1] == "Broken pipe"
+    assert loss.lines >= 1  # the bar's last line, at least
 
 
 @pytest.mark.parametrize(

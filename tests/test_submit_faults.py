@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from wem_der.errors import Misconfigured
 from wem_der.simulator import FaultProfile, Simulator
+from wem_der.testing import VirtualClock
 
 from tests.e2e import (
     TOKEN_BODY,
-    JumpClock,
     Tap,
     assert_each_once,
     lines_of,
@@ -31,11 +31,13 @@ async def test_an_outage_is_survived_with_nothing_lost(tmp_path: Path, tap: Tap)
     """Every request answered 503 from 1 s to 3 s: records back off, then all land, once."""
     async with asyncio.timeout(30):
         path = write_jsonl(tmp_path / "in.jsonl", records(40))
-        clock = JumpClock()
+        clock = VirtualClock()
         faults = FaultProfile(outages=((1.0, 3.0),))
-        # The register's quota stays at its default: virtual time jumps while requests are
-        # on the wire, so it would count them late, and the quota is not the question here.
-        async with Simulator(sim_settings(faults=faults), clock=clock) as sim:
+        # The register's quota stays at its default: the quota is not the question here.
+        sim_cfg = sim_settings(faults=faults)
+        async with Simulator(
+            sim_cfg, clock=clock, sleep=clock.sleep, middlewares=[tap.middleware]
+        ) as sim:
             # Production-like backoff (in virtual seconds): a 2 s outage is well inside
             # 20 attempts of up to 2 s each. The quota spreads the run over 4 s.
             settings = run_settings(
@@ -70,7 +72,8 @@ async def test_lost_answers_are_reconciled_without_duplicates(tmp_path: Path, ta
     async with asyncio.timeout(30):
         path = write_jsonl(tmp_path / "in.jsonl", records(40))
         faults = FaultProfile(drop_rate=0.15, applied_then_dropped_rate=0.15)
-        async with Simulator(sim_settings(faults=faults, seed=3)) as sim:
+        sim_cfg = sim_settings(faults=faults, seed=3)
+        async with Simulator(sim_cfg, middlewares=[tap.middleware]) as sim:
             result = await submit(run_settings(sim, tmp_path), tmp_path, [path])
             stats = sim.stats()
         found = assert_each_once(result.out_dir, lines_of(path, 40))
@@ -97,7 +100,7 @@ async def test_a_wrong_base_url_stops_the_run(tmp_path: Path, tap: Tap, action: 
     An update's 404 too: it is not the register's "ID not found", so no record is blamed."""
     async with asyncio.timeout(10):
         path = write_jsonl(tmp_path / "in.jsonl", records(30))
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
             settings = run_settings(
                 sim, tmp_path, base_url=sim.installation_url + "/v9", action=action
             )
@@ -133,9 +136,15 @@ async def test_a_stop_does_not_wait_for_the_quota(tmp_path: Path, tap: Tap) -> N
     """An abort while workers wait a minute for the quota: they give up at once, unsent."""
     async with asyncio.timeout(10):
         path = write_jsonl(tmp_path / "in.jsonl", records(10))
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
+            # No ceiling: both requests of the window leave at once, which the default
+            # ceiling (1 a second at a quota this low) would spread over two seconds.
             settings = run_settings(
-                sim, tmp_path, base_url=sim.installation_url + "/v9", rate_limit="2/60s"
+                sim,
+                tmp_path,
+                base_url=sim.installation_url + "/v9",
+                rate_limit="2/60s",
+                burst="off",
             )
             result = await submit(settings, tmp_path, [path])
         assert result.exit_code == 3
@@ -241,7 +250,7 @@ async def test_403_across_records_stops_the_run(tmp_path: Path, tap: Tap) -> Non
     async with asyncio.timeout(10):
         path = write_jsonl(tmp_path / "in.jsonl", records(10))
         cfg = sim_settings(allowed_participants=frozenset({"SOMEONE-ELSE"}))
-        async with Simulator(cfg) as sim:
+        async with Simulator(cfg, middlewares=[tap.middleware]) as sim:
             result = await submit(run_settings(sim, tmp_path, concurrency=1), tmp_path, [path])
         assert isinstance(result.aborted, Misconfigured)
         assert result.exit_code == 3

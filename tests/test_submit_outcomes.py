@@ -82,7 +82,7 @@ async def test_every_outcome_class_lands_in_its_own_file(tmp_path: Path, tap: Ta
     """Accepted, conditional, rejected and invalid records: one line each, in the right file."""
     async with asyncio.timeout(30):
         path, expect = _mixed_input(tmp_path)
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
             result = await submit(run_settings(sim, tmp_path), tmp_path, [path])
             stats = sim.stats()
         out = result.out_dir

@@ -7,14 +7,13 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from wem_der.records.outcomes import OutcomeRecord
 from wem_der.run.wiring import Hooks
 from wem_der.simulator import FaultProfile, Simulator
 from wem_der.simulator.faults import Action, FaultInjector
+from wem_der.testing import VirtualClock
 
 from tests.e2e import (
-    FastClock,
     Tap,
     assert_each_once,
     lines_of,
@@ -25,8 +24,6 @@ from tests.e2e import (
     submit,
     write_jsonl,
 )
-
-pytestmark = pytest.mark.usefixtures("run_gc")
 
 
 def seed_throttling(rate: float, wanted: Callable[[list[int]], bool], draws: int) -> int:
@@ -49,17 +46,14 @@ async def test_the_quota_holds_under_retries_and_token_replays(tmp_path: Path) -
     accepted."""
     async with asyncio.timeout(30):
         path = write_jsonl(tmp_path / "in.jsonl", records(45))
-        # Simulator and run on one clock, 20 times faster than real: a window is 0.5 real
-        # seconds, the revocation comes 0.3 real seconds in (after the first window's burst,
-        # before the second), and the client's margin on its window is the production
-        # default's 0.1 real seconds, for the delay between a grant and its arrival.
-        clock = FastClock(speed=20)
+        # Simulator and run on one virtual clock: the revocation comes 6 s in, after the
+        # first window's burst and before the second, and a request reaches the register at
+        # the instant its grant was given, so the client's margin is the production default.
+        clock = VirtualClock()
         faults = FaultProfile(error_rate_503=0.15, revoke_tokens_at_s=(6.0,))
         sim_cfg = sim_settings(faults=faults, quota_count=40, quota_period_s=10.0, seed=7)
-        async with Simulator(sim_cfg, clock=clock) as sim:
-            settings = run_settings(
-                sim, tmp_path, rate_limit="40/10s", quota_margin_s=2.0, concurrency=16
-            )
+        async with Simulator(sim_cfg, clock=clock, sleep=clock.sleep) as sim:
+            settings = run_settings(sim, tmp_path, rate_limit="40/10s", concurrency=16)
             result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
             stats = sim.stats()
         found = assert_each_once(result.out_dir, lines_of(path, 45))
@@ -88,8 +82,11 @@ async def test_a_429_pauses_every_worker(tmp_path: Path, tap: Tap) -> None:
         path = write_jsonl(tmp_path / "in.jsonl", records(40))
         seed = seed_throttling(0.03, lambda hits: len(hits) == 1 and 2 <= hits[0] <= 8, 60)
         faults = FaultProfile(throttle_rate=0.03, retry_after="seconds", retry_after_s=1)
-        clock = FastClock(speed=20)  # one second of Retry-After costs 50 ms
-        async with Simulator(sim_settings(faults=faults, seed=seed), clock=clock) as sim:
+        clock = VirtualClock()
+        sim_cfg = sim_settings(faults=faults, seed=seed)
+        async with Simulator(
+            sim_cfg, clock=clock, sleep=clock.sleep, middlewares=[tap.middleware]
+        ) as sim:
             settings = run_settings(sim, tmp_path, concurrency=concurrency)
             result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
             stats = sim.stats()
@@ -116,7 +113,7 @@ async def test_a_429_lowers_the_rate(tmp_path: Path, tap: Tap) -> None:
         path = write_jsonl(tmp_path / "in.jsonl", records(12))
         seed = seed_throttling(0.05, lambda hits: hits == [0], 40)
         faults = FaultProfile(throttle_rate=0.05, retry_after="seconds", retry_after_s=1)
-        clock = FastClock(speed=20)
+        clock = VirtualClock()
         finished = 0
 
         def on_outcome(outcome: OutcomeRecord) -> None:
@@ -128,7 +125,10 @@ async def test_a_429_lowers_the_rate(tmp_path: Path, tap: Tap) -> None:
                 hooks.stop.set()
 
         hooks = Hooks(on_outcome=on_outcome)
-        async with Simulator(sim_settings(faults=faults, seed=seed), clock=clock) as sim:
+        sim_cfg = sim_settings(faults=faults, seed=seed)
+        async with Simulator(
+            sim_cfg, clock=clock, sleep=clock.sleep, middlewares=[tap.middleware]
+        ) as sim:
             # 10 per 60 s: after the 429 the limit drops to 7 and gains one every 20 s.
             settings = run_settings(sim, tmp_path, concurrency=3, rate_limit="10/60s")
             result = await submit(
@@ -170,7 +170,8 @@ async def test_a_stop_during_a_long_retry_after_ends_the_run_at_once(
                 hooks.stop.set()
             await asyncio.Event().wait()
 
-        async with Simulator(sim_settings(faults=faults, seed=seed)) as sim:
+        sim_cfg = sim_settings(faults=faults, seed=seed)
+        async with Simulator(sim_cfg, middlewares=[tap.middleware]) as sim:
             settings = run_settings(sim, tmp_path, concurrency=2)
             result = await submit(settings, tmp_path, [path], hooks=hooks, sleep=sleep)
         # The only waits were the two the Retry-After of 300 s asked for (the second a
@@ -197,11 +198,11 @@ async def test_a_token_that_expires_during_a_pause_is_renewed_before_the_send(
         path = write_jsonl(tmp_path / "in.jsonl", records(20))
         seed = seed_throttling(0.05, lambda hits: hits == [2], 40)
         faults = FaultProfile(throttle_rate=0.05, retry_after="seconds", retry_after_s=5)
-        # Slow enough that a token checked just before its send (1 s of margin, 200 ms
-        # here) does not expire on its way, however loaded the machine.
-        clock = FastClock(speed=5)
+        clock = VirtualClock()
         cfg = sim_settings(faults=faults, seed=seed, token_lifetime_s=3)
-        async with Simulator(cfg, clock=clock) as sim:
+        async with Simulator(
+            cfg, clock=clock, sleep=clock.sleep, middlewares=[tap.middleware]
+        ) as sim:
             settings = run_settings(sim, tmp_path, concurrency=concurrency)
             result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
             stats = sim.stats()

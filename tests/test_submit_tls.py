@@ -13,12 +13,12 @@ import trustme
 from wem_der.config import load_settings
 from wem_der.errors import ConfigError, RunAborted
 from wem_der.simulator import Simulator
+from wem_der.testing import VirtualClock
 
 from tests.e2e import (
     assert_each_once,
     endpoint_flags,
     lines_of,
-    no_wait,
     read_summary,
     records,
     run_cli,
@@ -111,8 +111,9 @@ async def test_without_the_client_certificate_the_run_fails(tmp_path: Path, pki:
         ctx = pki.server_context(require_client_cert=True)
         async with Simulator(sim_settings(), ssl_context=ctx) as sim:
             settings = run_settings(sim, tmp_path, ca_file=pki.ca_file)
-            # The token request is retried with backoff; its waits are not under test.
-            result = await submit(settings, tmp_path, [path], sleep=no_wait)
+            # The token request is retried with backoff, on a clock that needs no waiting.
+            clock = VirtualClock()
+            result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
             stats = sim.stats()
         assert isinstance(result.aborted, RunAborted)
         assert result.exit_code == 3
@@ -133,7 +134,9 @@ async def test_without_the_ca_the_server_is_not_trusted(tmp_path: Path, pki: Pki
         path = write_jsonl(tmp_path / "in.jsonl", records(2))
         ctx = pki.server_context(require_client_cert=False)
         async with Simulator(sim_settings(), ssl_context=ctx) as sim:
-            result = await submit(run_settings(sim, tmp_path), tmp_path, [path], sleep=no_wait)
+            settings = run_settings(sim, tmp_path)
+            clock = VirtualClock()
+            result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
             stats = sim.stats()
         assert result.exit_code == 3
         assert stats["tokens_issued"] == 0

@@ -13,6 +13,7 @@ from wem_der.records.samples import nmi_record
 from wem_der.records.shapes import RecordKind
 from wem_der.run.wiring import Hooks, execute
 from wem_der.simulator import FaultProfile, Simulator
+from wem_der.testing import VirtualClock
 
 from tests.e2e import (
     Tap,
@@ -47,7 +48,7 @@ async def test_new_nmis_are_created_then_known_ones_updated(tmp_path: Path, tap:
     """Run 1 creates; run 2 (same ledger, changed records) updates with one PUT each."""
     async with asyncio.timeout(30):
         recs, first, second = _two_versions(tmp_path, 6)
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
             settings = run_settings(sim, tmp_path)
             one = await submit(settings, tmp_path, [first], out="one")
             created = [(e.method, e.status) for e in tap.writes()]
@@ -69,7 +70,7 @@ async def test_unchanged_records_are_skipped_without_a_request(tmp_path: Path, t
     """Sending the same file again costs nothing: each record is skipped, pointing back."""
     async with asyncio.timeout(30):
         path = write_jsonl(tmp_path / "in.jsonl", records(4))
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
             settings = run_settings(sim, tmp_path)
             one = await submit(settings, tmp_path, [path], out="one")
             before = len(tap.exchanges)
@@ -91,11 +92,11 @@ async def test_update_answered_404_becomes_a_create(tmp_path: Path, tap: Tap) ->
     """The ledger believes an NMI exists, the register does not: PUT 404, then POST."""
     async with asyncio.timeout(30):
         recs, first, second = _two_versions(tmp_path, 3)
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
             await submit(run_settings(sim, tmp_path), tmp_path, [first], out="one")
         tap.exchanges.clear()
         # A fresh register (say, pre-production was reset) with the same ledger.
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
             result = await submit(run_settings(sim, tmp_path), tmp_path, [second], out="two")
             held = sim.stats()["installations"]
         for rec in recs:
@@ -112,7 +113,7 @@ async def test_create_refused_as_existing_becomes_an_update(tmp_path: Path, tap:
     """The register has the NMI, this ledger does not: POST 422 "already exists", then PUT."""
     async with asyncio.timeout(30):
         recs, first, second = _two_versions(tmp_path, 3)
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
             # Someone else (another state directory) created them.
             other = run_settings(sim, tmp_path, state_dir=tmp_path / "elsewhere")
             await submit(other, tmp_path, [first], out="one")
@@ -139,7 +140,7 @@ async def test_action_create_is_not_turned_into_an_update(tmp_path: Path, tap: T
     """With --action create an existing NMI is rejected as such, and nothing else is sent."""
     async with asyncio.timeout(30):
         _, first, second = _two_versions(tmp_path, 2)
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
             await submit(run_settings(sim, tmp_path), tmp_path, [first], out="one")
             tap.exchanges.clear()
             settings = run_settings(sim, tmp_path, action="create")
@@ -156,7 +157,7 @@ async def test_action_update_is_not_turned_into_a_create(tmp_path: Path, tap: Ta
     """With --action update an unknown NMI is rejected after its one PUT."""
     async with asyncio.timeout(30):
         path = write_jsonl(tmp_path / "in.jsonl", records(2))
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
             settings = run_settings(sim, tmp_path, action="update")
             result = await submit(settings, tmp_path, [path])
             held = sim.stats()["installations"]
@@ -167,13 +168,6 @@ async def test_action_update_is_not_turned_into_a_create(tmp_path: Path, tap: Ta
             assert (line["action"], line["http_status"]) == ("update", 404)
             assert line["reason"] == "the register has no record for this NMI"
         assert held == 0
-
-
-async def _yield_for(seconds: float) -> None:
-    """The simulator's latency without the wall clock: one event-loop turn per millisecond,
-    so concurrent requests interleave inside the server as they would over a network."""
-    for _ in range(round(seconds * 1000)):
-        await asyncio.sleep(0)
 
 
 async def test_versions_of_one_nmi_go_in_input_order_one_at_a_time(
@@ -190,7 +184,13 @@ async def test_versions_of_one_nmi_go_in_input_order_one_at_a_time(
             items.extend(others[version * 6 : version * 6 + 6])
         path = write_jsonl(tmp_path / "in.jsonl", items)
         faults = FaultProfile(latency_ms=1, jitter_ms=30)
-        async with Simulator(sim_settings(faults=faults), sleep=_yield_for) as sim:
+        # Latency on a virtual clock: answers leave in the order of their drawn delays, so
+        # concurrent requests interleave inside the server as they would over a network.
+        clock = VirtualClock()
+        sim_cfg = sim_settings(faults=faults)
+        async with Simulator(
+            sim_cfg, clock=clock, sleep=clock.sleep, middlewares=[tap.middleware]
+        ) as sim:
             settings = run_settings(sim, tmp_path, concurrency=8)
             result = await submit(settings, tmp_path, [path])
             history = {r["nmi"]: sim.store.history(r["nmi"]) for r in twice}
@@ -232,7 +232,7 @@ async def test_nmi_records_upsert_through_the_nmi_api(tmp_path: Path, tap: Tap) 
         first = write_jsonl(tmp_path / "v1.jsonl", recs)
         changed = [dict(r, substation="SUB-PERTH-02") for r in recs]
         second = write_jsonl(tmp_path / "v2.jsonl", changed)
-        async with Simulator(sim_settings()) as sim:
+        async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
             settings = run_settings(sim, tmp_path)
             for path, out in ((first, "one"), (second, "two")):
                 plan = make_plan(tmp_path, [path], out=out, kind=RecordKind.NMI)

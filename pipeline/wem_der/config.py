@@ -1,7 +1,9 @@
-"""Settings: a profile from `config/NAME.toml`, then `WEMDER_*` environment variables, then flags.
+"""Settings: a profile from `config/NAME.toml`, then `WEMDER_*` environment variables, then
+the values given by name (the command line's flags, or the library's keywords).
 
-Loaded once at the edge (the CLI), validated, frozen. A profile never holds a secret: the
-client secret comes from `WEMDER_CLIENT_SECRET`, `--client-secret-file` or the flag.
+Loaded once at the edge (the CLI, or a library call), validated, frozen. A profile never
+holds a secret: the client secret comes from `WEMDER_CLIENT_SECRET`, a secret file or the
+value given.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, cast
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -27,12 +29,53 @@ from pydantic import (
 )
 
 from wem_der.errors import ConfigError
-from wem_der.files.pathtext import to_text
+from wem_der.files.pathtext import from_text, to_text
 from wem_der.send.quota import parse_rate
+from wem_der.send.quota_store import STORE_SCHEMES, shown_url
 
 ENV_PREFIX = "WEMDER_"
 _PROFILE_PRODUCTION = "profile_production"
 SECRET_FIELDS = frozenset({"client_secret"})
+
+PathText = str | os.PathLike[str]
+
+
+class SettingOptions(TypedDict, total=False):
+    """Settings given by name: the long options of `submit`, `resume` and `resubmit` with
+    underscores, which are also the library's keywords. Each one given (not None) beats
+    its `WEMDER_*` variable, which beats the profile."""
+
+    env: str
+    config_dir: PathText
+    base_url: str
+    nmi_base_url: str
+    token_url: str
+    client_id: str
+    client_secret: str | SecretStr
+    client_secret_file: PathText
+    participant_id: str
+    state_dir: PathText
+    rate_limit: str
+    burst: str
+    quota_store: str
+    max_share: float
+    concurrency: int
+    action: Literal["create", "update", "upsert"]
+    compression: Literal["gzip", "deflate", "none"]
+    timeout_s: float
+    max_attempts: int
+    client_cert: PathText
+    client_key: PathText
+    ca_file: PathText
+    insecure: bool
+    allow_unknown_fields: bool
+    metrics_file: PathText
+    metrics_push: str
+    metrics_job: str
+    plan: Literal["register", "ledger", "none"]
+    carry_register_ids: bool
+    search_batch_size: int
+    search_page_size: int
 
 
 class Settings(BaseModel):
@@ -56,6 +99,16 @@ class Settings(BaseModel):
 
     rate_limit: str = "6000/60s"
     quota_margin_s: float = Field(default=0.1, ge=0)
+    # A ceiling on shorter windows besides the quota, such as a gateway's spike arrest:
+    # COUNT/PERIOD, "off", or None for the quota's average rate over one second.
+    burst: str | None = None
+    # Where every job of the participant shares the quota's log: None for this host's (in
+    # the state directory), or a redis:// URL for jobs on several hosts.
+    quota_store: str | None = None
+    # How long a lost quota store is waited for before the run stops, resumably.
+    quota_store_wait_s: float = Field(default=60.0, gt=0)
+    # The most of the quota this job takes while others share it (None: all they leave).
+    max_share: float | None = Field(default=None, gt=0, le=1)
     concurrency: int | None = Field(default=None, ge=1, le=1024)
     action: Literal["create", "update", "upsert"] = "upsert"
     compression: Literal["gzip", "deflate", "none"] = "gzip"
@@ -86,8 +139,25 @@ class Settings(BaseModel):
     # stop the run rather than burn the batch.
     stop_after_forbidden: int = Field(default=3, ge=1)
 
+    # What decides whether a record is sent (run/stages.py): "register" reads the register's
+    # current version of each record the ledger cannot decide, "ledger" consults the ledger
+    # alone, "none" neither (every record is sent, as with --force). None: "register" for
+    # installations, "ledger" for NMI records (the NMI API has no search) without a note.
+    plan: Literal["register", "ledger", "none"] | None = None
+    # Whether an update planned from the register carries the register's connectionId and
+    # deviceId for the connections and devices it matches (a guess about AEMO: compare.py).
+    carry_register_ids: bool = True
+    # NMIs in one search, and the search's page size (25, 50 or 100 [spec]).
+    search_batch_size: int = Field(default=100, ge=1)
+    search_page_size: int = 100
+
     allow_unknown_fields: bool = False
     enumerations_file: Path | None = None
+    # Prometheus text for a scheduler: a file rewritten every few seconds (node_exporter's
+    # textfile collector) and a Pushgateway, under the job name `metrics_job`.
+    metrics_file: Path | None = None
+    metrics_push: str | None = None
+    metrics_job: str = Field(default="wem-der", min_length=1)
     # Unless given, `.wem-der/<register>` (see `register_scope`): what one register has
     # accepted says nothing about another, so each keeps its own ledger.
     state_dir: Path = Path(".wem-der")
@@ -105,7 +175,42 @@ class Settings(BaseModel):
             ) from None
         return value
 
-    @field_validator("token_url", "base_url", "nmi_base_url")
+    @field_validator("search_page_size")
+    @classmethod
+    def _page_size_is_the_search_s(cls, value: int) -> int:
+        if value not in (25, 50, 100):
+            raise ValueError(f"the search pages by 25, 50 or 100 records, not {value}")
+        return value
+
+    @field_validator("burst")
+    @classmethod
+    def _burst_is_a_rate(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() == "off":
+            return value
+        try:
+            parse_rate(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"as set by the profile, WEMDER_BURST or --burst: {exc}, or 'off'"
+            ) from None
+        return value
+
+    @field_validator("quota_store")
+    @classmethod
+    def _quota_store_is_redis(cls, value: str | None) -> str | None:
+        # The message names the store without its password (`shown_url`).
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        how = f"as set by the profile, WEMDER_QUOTA_STORE or --quota-store ({shown_url(value)})"
+        if parts.scheme not in STORE_SCHEMES or not parts.hostname:
+            raise ValueError(f"{how}: give a Redis URL, redis://HOST:PORT/DB")
+        if parts.query or parts.fragment:
+            # A password there would be recorded with the run's settings.
+            raise ValueError(f"{how}: a query string (?...) is not taken; give HOST:PORT/DB")
+        return value
+
+    @field_validator("token_url", "base_url", "nmi_base_url", "metrics_push")
     @classmethod
     def _url_holds_no_credentials(cls, value: str | None, info: ValidationInfo) -> str | None:
         # Checked here, so that a URL from a profile, the environment, a flag or a run's
@@ -117,11 +222,16 @@ class Settings(BaseModel):
         how = f"as set by the profile, {ENV_PREFIX}{name.upper()} or --{name.replace('_', '-')}"
         # '@' anywhere, not only before the host: a password holding '/' ends the host early.
         if "@" in value:
+            # The register's credentials have options of their own; a Pushgateway's have none.
+            instead = (
+                ", the client id with --client-id and the secret with WEMDER_CLIENT_SECRET or"
+                " --client-secret-file"
+                if name != "metrics_push"
+                else " (a Pushgateway that asks for credentials is not supported)"
+            )
             raise ValueError(
                 f"{how}: the URL holds '@', as credentials in a URL do (user:password@host),"
-                " and would be recorded with the run's settings; give the host alone, the"
-                " client id with --client-id and the secret with WEMDER_CLIENT_SECRET or"
-                " --client-secret-file"
+                f" and would be recorded with the run's settings; give the host alone{instead}"
             )
         if "?" in value or "#" in value:
             raise ValueError(
@@ -153,6 +263,9 @@ class Settings(BaseModel):
             if (path := getattr(self, name)) is not None:
                 out[name] = to_text(str(path))
         out["client_secret_set"] = self.client_secret is not None
+        if self.quota_store is not None:
+            # Its password, if any, is a secret: `resume` is given the URL again for it.
+            out["quota_store"] = shown_url(self.quota_store)
         return out
 
 
@@ -160,6 +273,12 @@ class Settings(BaseModel):
 PATH_FIELDS = tuple(
     name for name, field in Settings.model_fields.items() if field.annotation in (Path, Path | None)
 )
+# Options that give a Settings field its value as is; the others say which profile to read
+# (`env`, `config_dir`) or where the secret is (`client_secret_file`).
+_FIELD_OPTIONS = (SettingOptions.__optional_keys__ & Settings.model_fields.keys()) - {"env"}
+# Settings a run records and `resume` / `resubmit` reuse: all but the profile's name (given
+# separately) and the secret (never recorded).
+_REUSED = frozenset(Settings.model_fields) - {"env", *SECRET_FIELDS}
 
 
 def is_loopback(url: str) -> bool:
@@ -265,6 +384,40 @@ def load_settings(
             " turned off (drop --insecure)"
         )
     return settings
+
+
+def settings_from(
+    given: SettingOptions, *, env: str | None = None, stored: Mapping[str, Any] | None = None
+) -> Settings:
+    """Settings from the profile, the environment and the values `given` (None: not given).
+
+    `stored`: the secret-free settings an earlier run recorded (its `run.json`); they take
+    the place of the profile and the environment, and values given now still override them.
+    The client secret is never stored, so it comes from the environment or `given` as ever.
+    """
+    # Read by name: `given` may be any command's options, of which only these are settings.
+    values = cast(Mapping[str, Any], given)
+    overrides: dict[str, Any] = {
+        name: from_text(value) if name in PATH_FIELDS else value
+        for name, value in (stored or {}).items()
+        if name in _REUSED and value is not None
+    }
+    overrides.update(
+        (name, values[name]) for name in _FIELD_OPTIONS if values.get(name) is not None
+    )
+    if (secret_file := values.get("client_secret_file")) is not None:
+        overrides["client_secret"] = read_secret_file(Path(secret_file))
+    config_dir = values.get("config_dir")
+    settings = load_settings(
+        values.get("env") or env or "local",
+        overrides=overrides,
+        config_dir=None if config_dir is None else Path(config_dir),
+    )
+    # Absolute, so that `resume` finds the ledger and the certificates from any directory.
+    paths = {name: getattr(settings, name) for name in PATH_FIELDS}
+    return settings.model_copy(
+        update={name: path.absolute() for name, path in paths.items() if path is not None}
+    )
 
 
 def _reason(message: str) -> str:

@@ -1,13 +1,17 @@
-"""`wem-der`: argument parsing, logging set-up and exit codes; no business logic.
+"""`wem-der`: its commands and options, logging set-up and exit codes; no business logic.
+
+Each command hands cli/commands.py its options as a dict (`parse`): the long option names
+with underscores (`--with` is `corrected`), the arguments (`paths`, `run`), and `command`,
+the command's name.
 
 Exit codes: 0 every record accepted, conditional or skipped; 1 any rejected, invalid or
 failed; 2 a usage or configuration error, or a ledger or outcome file that cannot be
 written; 3 the run was aborted (credentials refused, client misconfigured, interrupted).
+`verify` exits 0 only when the register holds every record as it is, 1 otherwise.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import difflib
 import gc
@@ -15,208 +19,392 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+import click
 import structlog
 
 from wem_der import __version__
 from wem_der.cli.guarded_output import Loss, guarded_output
 from wem_der.cli.progress import Progress
-from wem_der.errors import WemDerError
+from wem_der.errors import WemDerError, one_error
 from wem_der.report.display import escape_log_values, shown
+from wem_der.simulator.cli_args import simulator_options
 
-# argparse's own errors that come before, and so hide, an unknown option.
-_HIDING_ERRORS = ("the following arguments are required", "unrecognized arguments")
-
-
-class _CommandParser(argparse.ArgumentParser):
-    """A subcommand's parser: a mistyped option is the error it reports, with the option
-    it resembles.
-
-    argparse checks required arguments before unknown ones: for `submit in.jsonl --outt x`
-    it would say only that --out is missing, and never name the typo. Neither message
-    echoes a value: it may be a secret (`--client-secrett=...`).
-    """
-
-    _given: Sequence[str] = ()
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        # The top-level parser calls this with the subcommand's own arguments.
-        self._given = list(args or ())
-        parsed, extras = super().parse_known_args(args, namespace)
-        unknown = self._unknown_options()
-        if unknown:
-            super().error(self._mistyped(unknown[0]))
-        return parsed, extras
-
-    def error(self, message: str) -> NoReturn:
-        unknown = self._unknown_options()
-        # Only where argparse's own words would hide the typo: its other errors are about
-        # a known option's value, which is not echoed.
-        if unknown and message.startswith(_HIDING_ERRORS):
-            message = self._mistyped(unknown[0])
-        super().error(message)
-
-    def _mistyped(self, name: str) -> str:
-        # Compared without dashes, or every long option resembles every other.
-        names = {option.lstrip("-"): option for option in self._option_string_actions}
-        meant = difflib.get_close_matches(name.lstrip("-"), names, n=1)
-        return f"unrecognized option {name}" + (
-            f" (did you mean {names[meant[0]]}?)" if meant else ""
-        )
-
-    def _unknown_options(self) -> list[str]:
-        known = self._option_string_actions
-        unknown = []
-        for arg in self._given:
-            if arg == "--":
-                break
-            name = arg.split("=", 1)[0]
-            # What argparse itself takes for a negative number, by its own pattern.
-            if not name.startswith("-") or name == "-" or self._negative_number_matcher.match(name):
-                continue
-            # allow_abbrev: argparse takes the prefix of one option for that option.
-            if name not in known and not any(option.startswith(name) for option in known):
-                unknown.append(name)
-        return unknown
+_PATH = click.Path(path_type=Path)
+_KIND = click.Choice(["installation", "nmi"])
 
 
-def _settings_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("environment (each also WEMDER_<NAME>, e.g. WEMDER_BASE_URL)")
-    g.add_argument("--env", default=None, help="profile in config/: local (default), preprod, prod")
-    g.add_argument("--config-dir", type=Path, help="read profiles from here instead of the package")
-    g.add_argument("--base-url", help="Installation v2 base URL; no simulator is started when set")
-    g.add_argument("--nmi-base-url", help="NMI v1 base URL")
-    g.add_argument("--token-url", help="OAuth token URL")
-    g.add_argument("--client-id")
-    g.add_argument("--client-secret", help="better: WEMDER_CLIENT_SECRET or --client-secret-file")
-    g.add_argument("--client-secret-file", type=Path, help="a file whose first line is the secret")
-    g.add_argument("--participant-id", help="sent as X-initiatingParticipantID")
-    g.add_argument("--state-dir", type=Path, help="where the ledger lives (default .wem-der)")
-    t = parser.add_argument_group("transport")
-    t.add_argument("--rate-limit", help="quota as COUNT/PERIOD, e.g. 6000/60s (default) or 300/3s")
-    t.add_argument("--concurrency", type=int, help="workers (default: derived from the quota)")
-    t.add_argument("--action", choices=["create", "update", "upsert"])
-    t.add_argument("--compression", choices=["gzip", "deflate", "none"])
-    t.add_argument("--timeout-s", type=float, help="per request")
-    t.add_argument("--max-attempts", type=int, help="per record, retries included")
-    t.add_argument("--client-cert", type=Path, help="PEM client certificate for mutual TLS")
-    t.add_argument("--client-key", type=Path, help="PEM private key of --client-cert")
-    t.add_argument("--ca-file", type=Path, help="PEM CA bundle that signs the server")
-    t.add_argument(
-        "--insecure",
-        action="store_true",
-        default=None,
-        help="do not verify the server's certificate (refused by the prod profile)",
-    )
-    t.add_argument(
-        "--allow-unknown-fields",
-        action="store_true",
-        default=None,
-        help="send fields the record shapes do not know instead of refusing the record",
+def _opt(name: str, **attrs: Any) -> click.Option:
+    return click.Option([name], **attrs)
+
+
+def _as_list(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
+    return list(value)
+
+
+def _paths(
+    *, required: bool, text: str = "JSONL or JSON array, .gz ok, - for stdin"
+) -> click.Argument:
+    """The input files; a list, as the rest of the CLI takes them."""
+    metavar = "PATH..." if required else "[PATH]..."
+    return click.Argument(
+        ["paths"], nargs=-1, required=required, metavar=metavar, callback=_as_list, help=text
     )
 
 
-def _output_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--log-format", choices=["console", "json"], help="default: console on a terminal"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+def _settings_options() -> dict[str, list[click.Parameter]]:
+    """The settings of a run, each also WEMDER_<NAME> in the environment (run/resolve.py
+    layers them): the values here are None unless given."""
+    return {
+        "Environment (each also WEMDER_<NAME>, e.g. WEMDER_BASE_URL)": [
+            _opt("--env", help="profile in config/: local (default), preprod, prod"),
+            _opt("--config-dir", type=_PATH, help="read profiles from here instead of the package"),
+            _opt("--base-url", help="Installation v2 base URL; no simulator is started when set"),
+            _opt("--nmi-base-url", help="NMI v1 base URL"),
+            _opt("--token-url", help="OAuth token URL"),
+            _opt("--client-id"),
+            _opt("--client-secret", help="better: WEMDER_CLIENT_SECRET or --client-secret-file"),
+            _opt("--client-secret-file", type=_PATH, help="a file whose first line is the secret"),
+            _opt("--participant-id", help="sent as X-initiatingParticipantID"),
+            _opt("--state-dir", type=_PATH, help="where the ledger lives (default .wem-der)"),
+        ],
+        "Transport": [
+            _opt("--rate-limit", help="quota as COUNT/PERIOD, e.g. 6000/60s (default) or 300/3s"),
+            _opt(
+                "--burst",
+                metavar="COUNT/PERIOD|off",
+                help="ceiling on shorter windows, e.g. 100/1s (default: the quota's average"
+                " rate over one second); off lifts it",
+            ),
+            _opt(
+                "--quota-store",
+                metavar="URL",
+                help="share the quota with jobs on other hosts: redis://HOST:PORT/DB (default:"
+                " shared on this host, in the state directory)",
+            ),
+            _opt(
+                "--max-share",
+                type=click.FloatRange(0, 1, min_open=True),
+                metavar="FRACTION",
+                help="the most of the quota this job takes from the jobs it shares it with",
+            ),
+            _opt("--concurrency", type=int, help="workers (default: derived from the quota)"),
+            _opt("--action", type=click.Choice(["create", "update", "upsert"])),
+            _opt("--compression", type=click.Choice(["gzip", "deflate", "none"])),
+            _opt("--timeout-s", type=float, help="per request"),
+            _opt("--max-attempts", type=int, help="per record, retries included"),
+            _opt("--client-cert", type=_PATH, help="PEM client certificate for mutual TLS"),
+            _opt("--client-key", type=_PATH, help="PEM private key of --client-cert"),
+            _opt("--ca-file", type=_PATH, help="PEM CA bundle that signs the server"),
+            _opt(
+                "--insecure",
+                is_flag=True,
+                default=None,
+                help="do not verify the server's certificate (refused by the prod profile)",
+            ),
+            _opt(
+                "--allow-unknown-fields",
+                is_flag=True,
+                default=None,
+                help="send fields the record shapes do not know instead of refusing the record",
+            ),
+        ],
+        "Metrics (Prometheus text)": [
+            _opt(
+                "--metrics-file",
+                type=_PATH,
+                help="rewrite this file every few seconds and at the end (for node_exporter's"
+                " textfile collector: name it *.prom)",
+            ),
+            _opt("--metrics-push", metavar="URL", help="push the same to this Pushgateway"),
+            _opt("--metrics-job", metavar="NAME", help="the Pushgateway's job (default wem-der)"),
+        ],
+    }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wem-der", description="Bulk submission of records to AEMO's WEM DER Register."
-    )
-    parser.add_argument("--version", action="version", version=f"wem-der {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+def _register_options(*, plan: bool) -> dict[str, list[click.Parameter]]:
+    """How the register is read: with `plan`, also whether and how a run plans from it.
+    Settings, as those of `_settings_options`."""
+    planning = [
+        _opt(
+            "--plan",
+            type=click.Choice(["register", "ledger", "none"]),
+            help="what decides whether a record is sent: the register's current version of"
+            " each record the ledger cannot decide (register, the default for installations),"
+            " the ledger alone, or nothing (every record is sent, as with --force)",
+        ),
+        _opt(
+            "--carry-register-ids/--no-carry-register-ids",
+            default=None,
+            help="an update planned from the register carries its connectionId and deviceId"
+            " values (default: on)",
+        ),
+    ]
+    reads = [
+        _opt("--search-batch-size", type=int, help="NMIs in one search (default 100)"),
+        _opt(
+            "--search-page-size",
+            type=click.Choice(["25", "50", "100"]),
+            callback=lambda ctx, param, value: None if value is None else int(value),
+            help="records in one page of a search (default 100)",
+        ),
+    ]
+    return {"Reading the register": [*(planning if plan else []), *reads]}
 
-    p = sub.add_parser("submit", help="send records from files to the register")
-    p.add_argument(
-        "paths", nargs="+", metavar="PATH", help="JSONL or JSON array, .gz ok, - for stdin"
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="outcome directory: new, or a finished run's (whose files this run replaces)",
-    )
-    p.add_argument("--kind", choices=["installation", "nmi"], default="installation")
-    p.add_argument("--force", action="store_true", help="send records unchanged since last time")
-    p.add_argument("--dry-run", action="store_true", help="validate and estimate; no network")
-    _settings_flags(p)
-    _output_flags(p)
 
-    p = sub.add_parser("validate", help="pre-flight records locally; no network")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--kind", choices=["installation", "nmi"], default="installation")
-    p.add_argument("--allow-unknown-fields", action="store_true", default=None)
-    p.add_argument("--env", default=None)
-    p.add_argument("--config-dir", type=Path)
+def _output_options() -> list[click.Parameter]:
+    return [
+        _opt(
+            "--log-format",
+            type=click.Choice(["console", "json"]),
+            help="default: console on a terminal",
+        ),
+        _opt("--no-progress", is_flag=True, help="no progress bar"),
+    ]
 
-    reuse = (
-        "Settings (endpoints, client id, participant, quota, state directory...) are those "
-        "recorded for RUN in its run.json; flags given here override them. The client "
-        "secret is never recorded: give it again (WEMDER_CLIENT_SECRET or "
-        "--client-secret-file). RUN_ID is looked up in the ledger of --state-dir "
-        "(default .wem-der); a DIR needs no --state-dir."
+
+def _options(**options: Any) -> dict[str, Any]:
+    """What every command does when parsed: hands its options back to `main`, named."""
+    return {**options, "command": click.get_current_context().info_name}
+
+
+class _Command(click.Command):
+    """A command whose --help lists its options under headings (`sections`), after its own."""
+
+    def __init__(
+        self,
+        name: str,
+        params: list[click.Parameter],
+        sections: dict[str, list[click.Parameter]] | None = None,
+        **attrs: Any,
+    ) -> None:
+        self.sections = sections or {}
+        grouped = [param for group in self.sections.values() for param in group]
+        super().__init__(name, params=[*params, *grouped], callback=_options, **attrs)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        grouped = {id(param) for group in self.sections.values() for param in group}
+        own: list[click.Parameter] = [
+            param
+            for param in self.get_params(ctx)
+            if isinstance(param, click.Option) and id(param) not in grouped
+        ]
+        for title, params in {"Options": own, **self.sections}.items():
+            rows = [param.get_help_record(ctx) for param in params]
+            if found := [row for row in rows if row is not None]:
+                with formatter.section(title):
+                    formatter.write_dl(found)
+
+
+_REUSE = (
+    "Settings (endpoints, client id, participant, quota, state directory...) are those "
+    "recorded for RUN in its run.json; flags given here override them. The client "
+    "secret is never recorded: give it again (WEMDER_CLIENT_SECRET or "
+    "--client-secret-file). RUN_ID is looked up in the ledger of --state-dir "
+    "(default .wem-der); a DIR needs no --state-dir."
+)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Bulk submission of records to AEMO's WEM DER Register.",
+)
+@click.version_option(__version__, prog_name="wem-der", message="%(prog)s %(version)s")
+def cli() -> None:
+    """The `wem-der` command; its commands are added below."""
+
+
+cli.add_command(
+    _Command(
+        "submit",
+        [
+            _paths(required=True),
+            _opt(
+                "--out",
+                type=_PATH,
+                required=True,
+                help="outcome directory: new, or a finished run's (whose files this run replaces)",
+            ),
+            _opt("--kind", type=_KIND, default="installation"),
+            _opt("--force", is_flag=True, help="send records unchanged since last time"),
+            _opt("--dry-run", is_flag=True, help="validate and estimate; no network"),
+            *_output_options(),
+        ],
+        {**_settings_options(), **_register_options(plan=True)},
+        help="send records from files to the register",
     )
-    p = sub.add_parser(
+)
+cli.add_command(
+    _Command(
+        "validate",
+        [
+            _paths(required=True),
+            _opt("--kind", type=_KIND, default="installation"),
+            _opt("--allow-unknown-fields", is_flag=True, default=None),
+            _opt("--env"),
+            _opt("--config-dir", type=_PATH),
+        ],
+        help="pre-flight records locally; no network",
+    )
+)
+cli.add_command(
+    _Command(
         "resume",
-        help="continue a stopped or killed run into its outcome directory",
-        description="Continue a stopped or killed run into the same outcome directory. "
-        "Records with a final outcome are not sent again; records whose request was on the "
-        "wire when the run died are first read back from the register and sent only if it "
-        "lacks them. " + reuse + " The inputs, --out, --kind and --force of `submit` may "
-        "be repeated; they must then be the run's.",
+        [
+            click.Argument(["run"], metavar="RUN_ID|DIR"),
+            _paths(required=False, text="(optional) the run's inputs"),
+            _opt("--out", type=_PATH, help="(optional) the run's outcome directory"),
+            _opt("--kind", type=_KIND, help="(optional) the run's kind"),
+            _opt("--force", is_flag=True, default=None, help="(optional) as the run"),
+            *_output_options(),
+        ],
+        {**_settings_options(), **_register_options(plan=True)},
+        short_help="continue a stopped or killed run into its outcome directory",
+        help="Continue a stopped or killed run into the same outcome directory. Records with a "
+        "final outcome are not sent again; records whose request was on the wire when the run "
+        "died are first read back from the register and sent only if it lacks them. "
+        + _REUSE
+        + " The inputs, --out, --kind and --force of `submit` may be repeated; they must then "
+        "be the run's.",
     )
-    p.add_argument("run", metavar="RUN_ID|DIR")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="(optional) the run's inputs")
-    p.add_argument("--out", type=Path, help="(optional) the run's outcome directory")
-    p.add_argument("--kind", choices=["installation", "nmi"], help="(optional) the run's kind")
-    p.add_argument("--force", action="store_true", default=None, help="(optional) as the run")
-    _settings_flags(p)
-    _output_flags(p)
-
-    p = sub.add_parser(
+)
+cli.add_command(
+    _Command(
         "resubmit",
-        help="send chosen records of an earlier run again",
-        description="Send again the records of RUN whose outcome is one of --only, as a new "
-        "run linked to RUN (always sent, even if unchanged). With --with, only those of "
-        "them that FILE has a corrected version of (matched by NMI) are sent, that version, "
-        "and a field-level diff of each is printed. " + reuse,
+        [
+            click.Argument(["run"], metavar="RUN_ID|DIR"),
+            _opt(
+                "--only",
+                default="failed,rejected",
+                help="outcomes to send again (default failed,rejected)",
+            ),
+            click.Option(
+                ["--with", "corrected"],
+                type=_PATH,
+                metavar="FILE",
+                help="corrected records, matched by NMI; only the chosen records found here are "
+                "sent",
+            ),
+            _opt("--out", type=_PATH, help="outcome directory (default: beside the original)"),
+            *_output_options(),
+        ],
+        {**_settings_options(), **_register_options(plan=True)},
+        short_help="send chosen records of an earlier run again",
+        help="Send again the records of RUN whose outcome is one of --only, as a new run linked "
+        "to RUN (always sent, even if unchanged). With --with, only those of them that FILE "
+        "has a corrected version of (matched by NMI) are sent, that version, and a field-level "
+        "diff of each is printed. " + _REUSE,
     )
-    p.add_argument("run", metavar="RUN_ID|DIR")
-    p.add_argument(
-        "--only", default="failed,rejected", help="outcomes to send again (default failed,rejected)"
+)
+cli.add_command(
+    _Command(
+        "report",
+        [
+            click.Argument(["run"], required=False, metavar="[RUN_ID|DIR]"),
+            _opt("--nmi", help="history of this NMI across runs"),
+            _opt("--kind", type=_KIND, default="installation"),
+            _opt(
+                "--format",
+                type=click.Choice(["text", "json", "html"]),
+                default="text",
+                help="html: one self-contained page of a run, with charts",
+            ),
+            _opt("--out", type=_PATH, metavar="FILE", help="write here instead of printing"),
+            _opt("--state-dir", type=_PATH, help="the ledger's directory (default .wem-der)"),
+            _opt("--env"),
+            _opt("--config-dir", type=_PATH),
+        ],
+        help="summarise a run, or the history of one NMI",
     )
-    p.add_argument(
-        "--with",
-        dest="corrected",
-        type=Path,
-        metavar="FILE",
-        help="corrected records, matched by NMI; only the chosen records found here are sent",
+)
+
+cli.add_command(
+    _Command(
+        "verify",
+        [
+            _paths(required=True),
+            _opt(
+                "--out",
+                type=_PATH,
+                required=True,
+                help="where verify.jsonl, differences.csv and summary.json go",
+            ),
+            *_output_options(),
+        ],
+        {**_settings_options(), **_register_options(plan=False)},
+        short_help="check records against the register, writing nothing to it",
+        help="Check each installation record of PATH... against the register's current"
+        " version of its NMI, read in bulk; nothing is written to the register. Each record is"
+        " same, differs, missing, invalid or error (verify.jsonl, differences.csv,"
+        " summary.json). Exit 0 only when every record is the same.",
     )
-    p.add_argument("--out", type=Path, help="outcome directory (default: beside the original)")
-    _settings_flags(p)
-    _output_flags(p)
+)
+cli.add_command(
+    _Command(
+        "export",
+        [
+            _opt(
+                "--out",
+                required=True,
+                metavar="FILE|-",
+                help="a .jsonl or .jsonl.gz file, or - for standard output",
+            ),
+            _opt("--stage", type=click.Choice(["Confirmed", "Conditional"])),
+            _opt("--equipment-type"),
+            _opt("--device-type"),
+            _opt("--from-commissioning-date", metavar="YYYY-MM-DD"),
+            _opt("--to-commissioning-date", metavar="YYYY-MM-DD"),
+            _opt("--nmi-file", type=_PATH, help="only these NMIs: one a line"),
+            *_output_options(),
+        ],
+        {**_settings_options(), **_register_options(plan=False)},
+        short_help="write the installations the register holds, as input to submit",
+        help="Write the installations the register holds (with no filter, all of them),"
+        " each NMI once, as records that submit takes back: submitting an unchanged export"
+        " sends no write.",
+    )
+)
 
-    p = sub.add_parser("report", help="summarise a run, or the history of one NMI")
-    p.add_argument("run", metavar="RUN_ID|DIR", nargs="?")
-    p.add_argument("--nmi", help="history of this NMI across runs")
-    p.add_argument("--kind", choices=["installation", "nmi"], default="installation")
-    p.add_argument("--format", choices=["text", "json"], default="text")
-    p.add_argument("--state-dir", type=Path, help="the ledger's directory (default .wem-der)")
-    p.add_argument("--env", default=None)
-    p.add_argument("--config-dir", type=Path)
 
-    from wem_der.simulator.cli_args import add_arguments
+cli.add_command(
+    _Command("simulate", simulator_options(), help="serve the local simulator of the register")
+)
 
-    p = sub.add_parser("simulate", help="serve the local simulator of the register")
-    add_arguments(p)
-    return parser
+
+def parse(argv: Sequence[str]) -> dict[str, Any] | int:
+    """The options of the command `argv` names (see the module's docstring); or, when there
+    is none to run (--help, --version, a usage error, said on stdout or stderr), the exit
+    code. A value is never echoed in an error about an unknown option: it may be a secret
+    (`--client-secrett=...`)."""
+    try:
+        parsed: dict[str, Any] | int = cli.main(
+            list(argv), prog_name="wem-der", standalone_mode=False
+        )
+    except click.NoSuchOption as exc:
+        _closest(exc).show()
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return parsed
+
+
+def _closest(exc: click.NoSuchOption) -> click.NoSuchOption:
+    """`exc` naming the one option it resembles, if any, compared without dashes: with
+    them, every long option resembles every other (click would offer --out for --oz)."""
+    if exc.ctx is None:
+        return exc
+    names = {
+        name.lstrip("-"): name
+        for param in exc.ctx.command.get_params(exc.ctx)
+        for name in param.opts
+        if name.startswith("--")
+    }
+    meant = difflib.get_close_matches(exc.option_name.lstrip("-"), names, n=1)
+    return click.NoSuchOption(
+        exc.option_name, possibilities=[names[name] for name in meant], ctx=exc.ctx
+    )
 
 
 def configure_logging(log_format: str | None, *, quiet: bool) -> None:
@@ -286,37 +474,35 @@ def _install_stop(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal)
 
 
-def _first_leaf(group: ExceptionGroup[WemDerError]) -> WemDerError:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, ExceptionGroup) else first
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    options = parse(sys.argv[1:] if argv is None else argv)
+    if isinstance(options, int):
+        return options
     with guarded_output() as stderr_loss:
-        return _command(args, stderr_loss)
+        return _command(options, stderr_loss)
 
 
-def _command(args: argparse.Namespace, stderr_loss: Loss) -> int:
+def _command(options: dict[str, Any], stderr_loss: Loss) -> int:
     from wem_der.cli import commands
 
     try:
-        if args.command == "simulate":
+        if options["command"] == "simulate":
             from wem_der.simulator import serve
             from wem_der.simulator.cli_args import settings_from_args
 
             configure_logging(None, quiet=False)
-            asyncio.run(serve(settings_from_args(args)))
+            asyncio.run(serve(settings_from_args(options)))
             return 0
-        if args.command == "validate":
-            return commands.validate(args)
-        if args.command == "report":
-            return asyncio.run(commands.report(args))
-        show_progress = sys.stderr.isatty() and not args.no_progress
-        configure_logging(args.log_format, quiet=show_progress)
-        if args.command == "submit" and args.dry_run:
-            return commands.dry_run(args)
+        if options["command"] == "validate":
+            return commands.validate(options)
+        if options["command"] == "report":
+            return asyncio.run(commands.report(options))
+        show_progress = sys.stderr.isatty() and not options["no_progress"]
+        configure_logging(options["log_format"], quiet=show_progress)
+        if options["command"] == "submit" and options["dry_run"]:
+            return commands.dry_run(options)
+        if options["command"] in ("verify", "export"):
+            return asyncio.run(commands.read_register(options, show_progress=show_progress))
 
         tune_gc()
 
@@ -324,7 +510,7 @@ def _command(args: argparse.Namespace, stderr_loss: Loss) -> int:
             progress = Progress() if show_progress else None
             hooks = commands.make_hooks(progress, lost_output=stderr_loss.describe)
             _install_stop(hooks.stop)
-            return await commands.run_command(args, hooks, progress)
+            return await commands.run_command(options, hooks, progress)
 
         return asyncio.run(go())
     except WemDerError as exc:
@@ -333,12 +519,11 @@ def _command(args: argparse.Namespace, stderr_loss: Loss) -> int:
     except ExceptionGroup as group:
         # Raised inside a run's TaskGroup, a deliberate error arrives wrapped; anything
         # else in the group is a bug and keeps its traceback.
-        matched, rest = group.split(WemDerError)
-        if matched is None or rest is not None:
+        error = one_error(group)
+        if error is None:
             raise
-        first = _first_leaf(matched)
-        print(f"wem-der: {shown(str(first))}", file=sys.stderr)
-        return first.exit_code
+        print(f"wem-der: {shown(str(error))}", file=sys.stderr)
+        return error.exit_code
     except (KeyboardInterrupt, asyncio.CancelledError):
         # Stopped outside a run (a run stopped at once says so through StoppedAtOnce).
         print("wem-der: stopped", file=sys.stderr)

@@ -1,78 +1,97 @@
-"""What a person watching a run sees: a progress line on a terminal, and the closing table.
+"""What a person watching a run sees: a progress bar on a terminal, and the closing table.
 
-The progress line holds counts alone; each value of the closing table is shown through
-`display.shown`, since the abort reason may quote an answer of the register.
+The bar is rich's, its columns holding counts alone; each value of the closing table is
+shown through `display.shown`, since the abort reason may quote an answer of the register.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 import sys
-import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from rich import progress as bar
+from rich.console import Console
+from rich.text import Text
 
 from wem_der.read.formats import GZIP_MAGIC
 from wem_der.records.outcomes import Outcome, OutcomeRecord
 from wem_der.report.display import shown
 
-REFRESH_S = 0.25
-BAR_WIDTH = 24
-
 
 class Progress:
-    """Counts outcomes as they happen and redraws one status line on stderr."""
+    """Counts outcomes as they happen and shows them on a bar on stderr:
+    `done/total rec/s ETA time-left outcome counts`, redrawn by rich from its own thread.
 
-    def __init__(self, *, total: int | None = None, stream: TextIO | None = None) -> None:
+    The rate and the time left are of the outcomes of the last 30 seconds (rich's speed
+    estimate): what came before the first (counting the inputs, opening the ledger, on
+    resume rebuilding the outcome files) is not in them, and they follow a quota that is
+    lowered after a 429 and recovers.
+    """
+
+    def __init__(
+        self,
+        *,
+        total: int | None = None,
+        console: Console | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.total = total
         self.counts: Counter[Outcome] = Counter()
-        # sys.stderr as it is now, not at import: the CLI guards it (cli/guarded_output.py).
-        self._stream = sys.stderr if stream is None else stream
-        self._started = time.monotonic()  # set again by start(): the rate is of the run alone
-        self._task: asyncio.Task[None] | None = None
+        self._bar = bar.Progress(
+            bar.BarColumn(bar_width=24),
+            bar.MofNCompleteColumn(),
+            _RateColumn(),
+            "ETA",
+            bar.TimeRemainingColumn(),
+            _CountsColumn(self.counts),
+            # sys.stderr as it is now, not at import: the CLI guards it (cli/guarded_output.py).
+            console=console or Console(file=sys.stderr),
+            refresh_per_second=4,
+            # What the run prints on stderr (its notes, the "stopping" line) goes above the
+            # bar; stdout is left alone: it may be a file, for the closing table.
+            redirect_stdout=False,
+            get_time=clock,
+        )
+        self._task = self._bar.add_task("", total=total)
 
     def on_outcome(self, outcome: OutcomeRecord) -> None:
         self.counts[outcome.outcome] += 1
+        self._bar.advance(self._task)
 
-    def line(self) -> str:
-        done = sum(self.counts.values())
-        elapsed = max(time.monotonic() - self._started, 1e-9)
-        rate = done / elapsed
-        parts = []
-        if self.total:
-            frac = min(done / self.total, 1.0)
-            filled = int(frac * BAR_WIDTH)
-            eta = (self.total - done) / rate if rate > 0 else float("inf")
-            parts.append(f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{self.total}")
-            parts.append(f"ETA {_clock(eta)}")
-        else:
-            parts.append(f"{done} records")
-        parts.append(f"{rate:.1f} rec/s")
-        parts.extend(f"{o.value} {self.counts[o]}" for o in Outcome if self.counts[o])
-        return " | ".join(parts)
-
-    async def _draw(self) -> None:
-        while True:
-            self._stream.write("\r\x1b[2K" + self.line())
-            self._stream.flush()
-            await asyncio.sleep(REFRESH_S)
+    def advance(self) -> None:
+        """One more item done that is not a record's outcome (a record verified, an
+        installation exported): counted on the bar alone."""
+        self._bar.advance(self._task)
 
     def start(self) -> None:
-        # Counted from here, not from construction: what comes between (counting the inputs,
-        # opening the ledger, on resume rebuilding the outcome files) sends no record and
-        # must not drag the rate down and the ETA out.
-        self._started = time.monotonic()
-        self._task = asyncio.get_running_loop().create_task(self._draw())
+        self._bar.update(self._task, total=self.total)
+        self._bar.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._stream.write("\r\x1b[2K" + self.line() + "\n")
-            self._stream.flush()
+        # Drawn one last time, and left on the screen.
+        self._bar.stop()
+
+
+class _RateColumn(bar.ProgressColumn):
+    def render(self, task: bar.Task) -> Text:
+        speed = task.speed
+        return Text("-- rec/s" if speed is None else f"{speed:.1f} rec/s")
+
+
+class _CountsColumn(bar.ProgressColumn):
+    """The count of each outcome seen so far: `accepted 9  rejected 1`."""
+
+    def __init__(self, counts: Counter[Outcome]) -> None:
+        super().__init__()
+        self._counts = counts
+
+    def render(self, task: bar.Task) -> Text:
+        # By Outcome, not over the Counter: this runs in rich's thread while the run adds keys.
+        return Text("  ".join(f"{o.value} {self._counts[o]}" for o in Outcome if self._counts[o]))
 
 
 def estimate_records(paths: Sequence[str]) -> int | None:
@@ -104,14 +123,6 @@ def estimate_records(paths: Sequence[str]) -> int | None:
         except OSError:
             return None
     return total
-
-
-def _clock(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "--:--"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def summary_table(summary: Mapping[str, Any]) -> str:

@@ -37,10 +37,15 @@ def private_file(path: Path) -> None:
 
 def write_json_atomic(path: Path, obj: object) -> None:
     """Write `obj` as indented JSON to `path` (mode 0o600): all of it or, on a crash, none."""
+    write_atomic(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` (mode 0o600): all of it or, on a crash, none."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         try:
-            write_all(fd, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+            write_all(fd, data)
             os.fsync(fd)  # the bytes are on disk before the name points at them
         finally:
             os.close(fd)

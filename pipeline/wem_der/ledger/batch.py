@@ -32,6 +32,9 @@ PASSIVE checkpoint once the WAL grows past `checkpoint_pages`, one at a time, an
 one at close. One fsync remains on the loop, and it is SQLite's: the first commit after a
 checkpoint restarts the WAL and syncs its new header, once per `checkpoint_pages`.
 
+`LedgerHooks` are the seams a test reaches the thread through: to hold an open or a
+checkpoint up, to fail a checkpoint, or to learn on the loop that one has ended.
+
 Failure: any error in a batch (disk full, file deleted, locked past busy_timeout) rolls it
 back and stops the ledger, as does a failed checkpoint: every awaited call of the batch,
 every call after it, `flush` and close then raise LedgerError, because a run that cannot
@@ -82,11 +85,29 @@ class _Files:
     wal_limit: int  # bytes
 
 
+class LedgerHooks:
+    """Called at points of the ledger's life, for tests: this class does nothing at any of
+    them; a subclass passed as `Ledger(..., hooks=...)` may wait there, or raise."""
+
+    def opening(self, path: Path) -> None:
+        """In the ledger's thread, before the file at `path` is opened."""
+
+    def checkpointing(self) -> None:
+        """In the ledger's thread, before each checkpoint; what it raises fails that one."""
+
+    def checkpointed(self) -> None:
+        """On the event loop, once a checkpoint has ended, failed or not, and the ledger
+        has taken note (the next commit past the limit starts another)."""
+
+
 def _nothing(conn: sqlite3.Connection) -> None:
     """The operation behind flush: its commit is the point."""
 
 
-def _connect(path: Path, busy_timeout_s: float, checkpoint_pages: int) -> _Files:
+def _connect(
+    path: Path, busy_timeout_s: float, checkpoint_pages: int, hooks: LedgerHooks
+) -> _Files:
+    hooks.opening(path)
     writer = open_ledger(path, busy_timeout_s=busy_timeout_s)
     opened = [writer]
     try:
@@ -118,23 +139,28 @@ def _connect(path: Path, busy_timeout_s: float, checkpoint_pages: int) -> _Files
     return _Files(writer, checkpointer, Path(f"{path}-wal"), wal_limit)
 
 
-def _checkpoint(conn: sqlite3.Connection) -> None:
+def _checkpoint(conn: sqlite3.Connection, hooks: LedgerHooks) -> None:
+    hooks.checkpointing()
     # PASSIVE neither waits for nor blocks the loop's commits: it copies the frames no
     # reader still needs, and the WAL starts over once they all are.
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
-def _close(files: _Files, *, checkpoint: bool) -> None:
+def _disconnect(files: _Files) -> None:
+    try:
+        files.writer.close()
+    finally:
+        files.checkpointer.close()
+
+
+def _close(files: _Files, hooks: LedgerHooks, *, checkpoint: bool) -> None:
     try:
         # Explicit: SQLite checkpoints at close only when its connection is the file's
         # last, and `wem-der report` may be reading it.
         if checkpoint:
-            _checkpoint(files.checkpointer)
+            _checkpoint(files.checkpointer, hooks)
     finally:
-        try:
-            files.writer.close()
-        finally:
-            files.checkpointer.close()
+        _disconnect(files)
 
 
 def _close_opened(opening: Future[_Files]) -> None:
@@ -143,7 +169,7 @@ def _close_opened(opening: Future[_Files]) -> None:
         files = opening.result()
     except BaseException:  # it failed or never started: nothing is open
         return
-    _close(files, checkpoint=False)
+    _disconnect(files)
 
 
 class GroupCommit:
@@ -158,8 +184,10 @@ class GroupCommit:
         flush_interval_s: float,
         busy_timeout_s: float,
         checkpoint_pages: int,
+        hooks: LedgerHooks,
     ) -> None:
         self._path = path
+        self._hooks = hooks
         self._batch_max = batch_max
         self._flush_interval_s = flush_interval_s
         self._busy_timeout_s = busy_timeout_s
@@ -185,7 +213,9 @@ class GroupCommit:
         self._queue = []
         self._failure = self._shortage = None
         thread = ThreadPoolExecutor(1, thread_name_prefix="wem-der-ledger")
-        opening = thread.submit(_connect, self._path, self._busy_timeout_s, self._checkpoint_pages)
+        opening = thread.submit(
+            _connect, self._path, self._busy_timeout_s, self._checkpoint_pages, self._hooks
+        )
         try:
             files = await asyncio.wrap_future(opening)
         except BaseException:
@@ -214,7 +244,7 @@ class GroupCommit:
             self._execute(files.writer, self._take())
         self._thread = self._files = None
         # After any checkpoint still running: the thread runs one job at a time.
-        closing = thread.submit(_close, files, checkpoint=self._failure is None)
+        closing = thread.submit(_close, files, self._hooks, checkpoint=self._failure is None)
         thread.shutdown(wait=False)  # it ends after that job, even if we are cancelled
         try:
             # Shielded: cancelling the wrapper would cancel a job still waiting its turn.
@@ -334,7 +364,7 @@ class GroupCommit:
             return
         if size > files.wal_limit:
             self._checkpointing = True
-            done = asyncio.wrap_future(thread.submit(_checkpoint, files.checkpointer))
+            done = asyncio.wrap_future(thread.submit(_checkpoint, files.checkpointer, self._hooks))
             done.add_done_callback(self._checkpointed)
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
@@ -342,6 +372,7 @@ class GroupCommit:
         error = done.exception()
         if isinstance(error, Exception) and self._failure is None:
             self._fail(error, why=shortage(error))
+        self._hooks.checkpointed()
 
     def _fail(
         self, exc: Exception, batch: list[_Op] | None = None, *, why: str | None = None

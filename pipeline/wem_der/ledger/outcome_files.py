@@ -10,6 +10,7 @@ the owner's alone (0o700, files 0o600). Payloads of records are never written he
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import csv
 import io
@@ -57,7 +58,44 @@ def outcome_file(outcome: Outcome) -> str:
     return f"{outcome.value}.jsonl"
 
 
-class OutcomeSink:
+class OutputFiles(abc.ABC):
+    """Files of one output directory, open for a `with` block: each piece put on disk in
+    one write, summary.json written whole. What to do when a file cannot be written is the
+    subclass's to say (`_cannot_write`): what is safe depends on what the files are for."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self._dir = out_dir
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        try:
+            write_json_atomic(self._dir / SUMMARY_JSON, summary)
+        except OSError as exc:
+            raise self._cannot_write(SUMMARY_JSON, exc) from None
+
+    def _put(self, name: str, fd: int, data: bytes) -> None:
+        try:
+            write_all(fd, data)
+        except OSError as exc:
+            raise self._cannot_write(name, exc) from None
+
+    @abc.abstractmethod
+    def _cannot_write(self, name: str, exc: OSError) -> OutputError:
+        """Why the file `name` cannot be written, and what to do."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Close every file that is open."""
+
+
+class OutcomeSink(OutputFiles):
     """The outcome files of one output directory, open for the length of a `with` block.
 
     All six outcome files are created at the start, empty ones included, so an operator
@@ -66,7 +104,7 @@ class OutcomeSink:
     """
 
     def __init__(self, out_dir: Path, *, append: bool = False) -> None:
-        self._dir = out_dir
+        super().__init__(out_dir)
         self._append = append
         self._fds: dict[Outcome, int] = {}
         self._problems_fd = -1
@@ -80,19 +118,11 @@ class OutcomeSink:
             self._problems_fd = self._open(PROBLEMS_CSV)
             # The header goes in once, also when a resumed run adds to an existing file.
             if os.fstat(self._problems_fd).st_size == 0:
-                self._put(PROBLEMS_CSV, self._problems_fd, _csv_rows([PROBLEM_COLUMNS]))
+                self._put(PROBLEMS_CSV, self._problems_fd, csv_rows([PROBLEM_COLUMNS]))
         except BaseException:
             self._close()
             raise
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._close()
 
     def write(self, outcome: OutcomeRecord) -> bytes:
         """Put one outcome on disk (in the OS's hands) before returning; returns its line,
@@ -111,14 +141,8 @@ class OutcomeSink:
         self._put(outcome_file(outcome), self._fds[outcome], line)
         if outcome in _WITH_PROBLEMS:
             record = record or OutcomeRecord.from_json(orjson.loads(line))
-            self._put(PROBLEMS_CSV, self._problems_fd, _csv_rows(_problem_rows(record)))
+            self._put(PROBLEMS_CSV, self._problems_fd, csv_rows(_problem_rows(record)))
         self._counts[outcome] += 1
-
-    def _put(self, name: str, fd: int, data: bytes) -> None:
-        try:
-            write_all(fd, data)
-        except OSError as exc:
-            raise self._cannot_write(name, exc) from None
 
     def _cannot_write(self, name: str, exc: OSError) -> OutputError:
         # The ledger commits each outcome after its line is written here, so it has all of
@@ -134,12 +158,6 @@ class OutcomeSink:
     def counts(self) -> dict[str, int]:
         """How many outcomes of each class this sink wrote (zero ones included)."""
         return {outcome.value: self._counts[outcome] for outcome in Outcome}
-
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
-        try:
-            write_json_atomic(self._dir / SUMMARY_JSON, summary)
-        except OSError as exc:
-            raise self._cannot_write(SUMMARY_JSON, exc) from None
 
     def _open(self, name: str) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -197,14 +215,14 @@ def _problem_rows(outcome: OutcomeRecord) -> list[tuple[str, ...]]:
     ] or [(None, None, outcome.reason)]
     return [
         tuple(
-            _cell(value)
+            csv_cell(value)
             for value in (outcome.nmi, outcome.outcome.value, code, title, detail, *common)
         )
         for code, title, detail in problems
     ]
 
 
-def _cell(value: object) -> str:
+def csv_cell(value: object) -> str:
     """A CSV cell that neither a terminal (`cat problems.csv`) nor a spreadsheet acts on."""
     if value is None:
         return ""
@@ -212,7 +230,7 @@ def _cell(value: object) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def _csv_rows(rows: Iterable[Iterable[str]]) -> bytes:
+def csv_rows(rows: Iterable[Iterable[str]]) -> bytes:
     # Rows are built in memory so that a record's rows reach the file in one write.
     buffer = io.StringIO(newline="")
     csv.writer(buffer).writerows(rows)

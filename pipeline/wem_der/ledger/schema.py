@@ -15,6 +15,7 @@ nothing here touches asyncio. What the reads return is in ledger/rows.py.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from wem_der.errors import LedgerError
@@ -139,6 +140,12 @@ OUTCOME_COUNTS = "SELECT outcome, COUNT(*) FROM items WHERE run_id = ? GROUP BY 
 ITEM_KEYS = "SELECT seq, nmi FROM items WHERE run_id = ?{filter}"
 # For reports only: a scan of `attempts`, rather than an index that every write would pay.
 ATTEMPT_STARTS = "SELECT started_at FROM attempts WHERE run_id = ? ORDER BY started_at"
+ATTEMPT_STARTS_ANSWERED = (
+    "SELECT started_at FROM attempts WHERE run_id = ? AND http_status = ? ORDER BY started_at"
+)
+# A run's finished write attempts by answer (NULL: none came), for a resumed run's summary.
+ATTEMPT_STATUSES = """SELECT http_status, COUNT(*) FROM attempts
+    WHERE run_id = ? AND finished_at IS NOT NULL GROUP BY 1"""
 CHILD_RUNS = _RUNS_WHERE.format(where="parent_run_id = ? ORDER BY created_at")
 
 
@@ -186,7 +193,7 @@ def open_ledger(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise unusable(path, exc) from exc
     try:
-        _prepare(conn, path)
+        _prepare_when_free(conn, path, busy_timeout_s)
     except sqlite3.Error as exc:
         # Made before the file is closed, which would free the descriptor it lacked.
         error = locked(path, busy_timeout_s) if is_busy(exc) else unusable(path, exc)
@@ -196,6 +203,26 @@ def open_ledger(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _prepare_when_free(conn: sqlite3.Connection, path: Path, busy_timeout_s: float) -> None:
+    """`_prepare`, tried again while another process holds the file, up to busy_timeout_s.
+
+    SQLite answers SQLITE_BUSY at once, without its busy handler, where waiting could
+    deadlock: two processes opening a new ledger together both switch it to WAL, and one
+    of them is refused. Runs in the ledger's thread, so the short sleeps block no loop.
+    """
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            _prepare(conn, path)
+            return
+        except sqlite3.Error as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        time.sleep(0.05)
 
 
 def _prepare(conn: sqlite3.Connection, path: Path) -> None:

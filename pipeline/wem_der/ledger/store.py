@@ -25,7 +25,7 @@ from typing import Any, Self, cast
 import orjson
 
 from wem_der.ledger import schema as sql
-from wem_der.ledger.batch import GroupCommit, Operation
+from wem_der.ledger.batch import GroupCommit, LedgerHooks, Operation
 from wem_der.ledger.rows import (
     HistoryRow,
     InFlight,
@@ -37,7 +37,7 @@ from wem_der.ledger.rows import (
 )
 from wem_der.records.outcomes import Outcome, OutcomeRecord, SourceRef
 
-__all__ = ["HistoryRow", "InFlight", "ItemRow", "Ledger", "RecordState", "RunRow"]
+__all__ = ["HistoryRow", "InFlight", "ItemRow", "Ledger", "LedgerHooks", "RecordState", "RunRow"]
 
 _RUN_END_STATUSES = frozenset({"finished", "aborted", "interrupted"})
 # SKIPPED is a success too, but nothing was sent: the earlier success stays the reference.
@@ -93,7 +93,9 @@ class Ledger:
 
     A batch holds at most `batch_max` operations; fire-and-forget writes are committed
     within `flush_interval_s`; a WAL checkpoint starts once the WAL holds more than
-    `checkpoint_pages` pages (SQLite's own auto-checkpoint point is 1000).
+    `checkpoint_pages` pages (SQLite's own auto-checkpoint point is 1000). `clock` gives
+    the wall-clock time of each event; `hooks` are a test's way into the ledger's thread
+    (ledger/batch.py).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class Ledger:
         busy_timeout_s: float = 5.0,
         checkpoint_pages: int = 1000,
         clock: Callable[[], float] = time.time,
+        hooks: LedgerHooks | None = None,
     ) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
@@ -117,6 +120,7 @@ class Ledger:
             flush_interval_s=flush_interval_s,
             busy_timeout_s=busy_timeout_s,
             checkpoint_pages=checkpoint_pages,
+            hooks=hooks or LedgerHooks(),
         )
 
     async def __aenter__(self) -> Self:
@@ -332,15 +336,30 @@ class Ledger:
         params = (run_id, *wanted)
         return await self._db.read(lambda conn: dict(conn.execute(statement, params).fetchall()))
 
-    async def attempt_starts(self, run_id: str) -> list[float]:
-        """When each HTTP write attempt of the run began (wall clock, ascending).
+    async def attempt_starts(self, run_id: str, *, http_status: int | None = None) -> list[float]:
+        """When each HTTP write attempt of the run began (wall clock, ascending); with
+        `http_status`, only the attempts answered with it.
 
         Read-backs (GETs) have no attempt row, and the time is taken before the attempt
         waits for the quota: this shows the shape of a run, not an exact quota account.
         """
-        return await self._db.read(
-            lambda conn: [at for (at,) in conn.execute(sql.ATTEMPT_STARTS, (run_id,))]
+        params: tuple[object, ...] = (run_id,)
+        statement = sql.ATTEMPT_STARTS
+        if http_status is not None:
+            params, statement = (run_id, http_status), sql.ATTEMPT_STARTS_ANSWERED
+        return await self._db.read(lambda conn: [at for (at,) in conn.execute(statement, params)])
+
+    async def attempt_statuses(self, run_id: str) -> dict[int | None, int]:
+        """How many finished write attempts of the run got each answer (None: none came:
+        a timeout or a dropped connection).
+
+        An attempt a killed process began but never finished is not counted: most such
+        rows were waiting for the quota and never left. Read-backs (GETs) have no row.
+        """
+        rows = await self._db.read(
+            lambda conn: conn.execute(sql.ATTEMPT_STATUSES, (run_id,)).fetchall()
         )
+        return dict(rows)
 
     async def child_runs(self, run_id: str) -> list[RunRow]:
         """The runs that re-submitted records of `run_id`, oldest first."""

@@ -110,6 +110,7 @@ async def iter_items(
     chunk_lines: int = 512,
     max_item_bytes: int = MAX_ITEM_BYTES,
     stop: asyncio.Event | None = None,
+    read: Callable[[int, int], bytes] = os.read,
 ) -> AsyncGenerator[SourceItem, None]:
     """Every JSON value in `paths`, in order, or the reason one could not be read.
 
@@ -118,10 +119,13 @@ async def iter_items(
     file is still read to its end (so that the run can account for every record in it),
     but a stream is not read any further: what it has not given yet may never come, or
     never end. It ends with one item that says after which line it was left.
+
+    `read(fd, size)` reads a chunk from an input's descriptor, in the reading thread: a
+    test passes one that watches the reads, or changes the file between two of them.
     """
     if chunk_lines < 1:
         raise ValueError(f"chunk_lines must be at least 1, not {chunk_lines}")
-    reader = _Reader(chunk_lines)
+    reader = _Reader(chunk_lines, read)
     watch: asyncio.Task[bool] | None = None
     if stop is not None:
         watch = asyncio.create_task(stop.wait())
@@ -161,8 +165,9 @@ class _Reader:
     let go of its input wherever it is, and waits until it has.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, read: Callable[[int, int], bytes]) -> None:
         self._size = size
+        self.read = read  # how the thread reads a chunk from a descriptor
         self._loop = asyncio.get_running_loop()
         self._changed = threading.Condition()
         self._asked: asyncio.Future[list[SourceItem]] | None = None
@@ -290,7 +295,7 @@ def _fd_chunks(fd: int, reader: _Reader, *, sized: bool) -> Iterator[bytes]:
     info = os.fstat(fd)
     regular = stat.S_ISREG(info.st_mode)
     return _read(
-        lambda size: os.read(fd, size),
+        lambda size: reader.read(fd, size),
         reader,
         poll_fd=None if regular else fd,
         expected=info.st_size if regular and sized else None,

@@ -128,6 +128,28 @@ class PreparedRecord:
     content_hash: str
     exists: bool | None = None
 
+    def skipped(
+        self,
+        reason: str,
+        *,
+        transaction_id: str | None = None,
+        previous_run_id: str | None = None,
+        previous_transaction_id: str | None = None,
+    ) -> OutcomeRecord:
+        """This record's outcome when it is not sent, and why; `transaction_id` that of
+        the read that showed it need not be, the `previous_` ones the run that sent it."""
+        return OutcomeRecord(
+            self.kind,
+            self.nmi,
+            self.source,
+            Outcome.SKIPPED,
+            transaction_id=transaction_id,
+            reason=reason,
+            content_hash=self.content_hash,
+            previous_run_id=previous_run_id,
+            previous_transaction_id=previous_transaction_id,
+        )
+
 
 @dataclass(slots=True)
 class OutcomeRecord:

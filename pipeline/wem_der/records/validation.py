@@ -65,12 +65,12 @@ class _Level:
     fields: Mapping[str, _Level | frozenset[str] | None]
 
 
-def _shape_in(annotation: Any) -> type | None:
+def shape_in(annotation: Any) -> type | None:
     """The shape an annotation holds (`X | None`, `list[X] | None`), if any."""
     if isinstance(annotation, type) and is_typeddict(annotation):
         return annotation
     for arg in get_args(annotation):
-        found = _shape_in(arg)
+        found = shape_in(arg)
         if found is not None:
             return found
     return None
@@ -80,7 +80,7 @@ def _level(shape: type, enums: Mapping[str, frozenset[str]]) -> _Level:
     """The level of `shape`, and of the shapes it nests, with the enumerations applied."""
     fields: dict[str, _Level | frozenset[str] | None] = {}
     for name, annotation in get_type_hints(shape).items():
-        child = _shape_in(annotation)
+        child = shape_in(annotation)
         fields[name] = enums.get(name) if child is None else _level(child, enums)
     return _Level(fields)
 

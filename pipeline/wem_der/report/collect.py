@@ -1,34 +1,42 @@
 """`wem-der report`: what a run did, and what happened to one NMI across runs.
 
     ledger --runs, items, attempts--> collect() --dict--> report_text.to_text (people)
+                                                      |--> report_html.to_html (a page)
                                                       \\-> JSON (machines, --format json)
 
 Everything comes from the ledger, so a report can be made of a run that was killed, of
 one still going, and long after its outcome files were moved away. The problem codes are
-counted from the outcome lines the ledger keeps; the quota table from the start times of
-the run's write attempts.
+counted from the outcome lines the ledger keeps, each with the first record that had it;
+the quota table from the start times of the run's write attempts. Only the latest
+follow-up of the run's Conditional records is read from its outcome directory
+(`followup.jsonl`), where `wem-der followup` writes it.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from wem_der.config import Settings
-from wem_der.errors import ConfigError
+from wem_der.errors import ConfigError, InputError
+from wem_der.files.pathtext import from_text
 from wem_der.ledger.store import Ledger, RunRow
 from wem_der.records.outcomes import Outcome
 from wem_der.records.shapes import RecordKind
+from wem_der.report.html import to_html
 from wem_der.report.text import to_text
 from wem_der.send.quota import parse_rate
 
 # A run recorded without its quota ran at the default one.
 DEFAULT_RATE: str = Settings.model_fields["rate_limit"].default
+FOLLOWUP_JSONL = "followup.jsonl"
 
 
 async def render(
@@ -43,8 +51,10 @@ async def render(
     report = await collect(ledger, run_id=run_id, nmi=nmi, kind=kind)
     if fmt == "json":
         return orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
+    if fmt == "html":
+        return to_html(report)
     if fmt != "text":
-        raise ValueError(f"fmt must be 'text' or 'json', not {fmt!r}")
+        raise ValueError(f"fmt must be 'text', 'json' or 'html', not {fmt!r}")
     return to_text(report)
 
 
@@ -61,7 +71,12 @@ async def collect(
         counts = await ledger.outcome_counts(run_id)
         report["outcomes"] = {o.value: counts.get(o.value, 0) for o in Outcome}
         report["errors"], report["exceptions"] = await _problems(ledger, run_id)
-        report["quota"] = quota_use(await ledger.attempt_starts(run_id), _rate(row))
+        report["quota"] = quota_use(
+            await ledger.attempt_starts(run_id),
+            _rate(row),
+            throttled=await ledger.attempt_starts(run_id, http_status=429),
+        )
+        report["followup"] = latest_followup(Path(from_text(row.out_dir)))
     if nmi is not None:
         report["nmi"] = await _nmi(ledger, kind, nmi)
     return report
@@ -106,6 +121,7 @@ def _run(row: RunRow, children: list[str]) -> dict[str, Any]:
                 "elapsed_s",
                 "abort_reason",
                 "stderr_lost",
+                "outages",
             )
             if key in summary
         },
@@ -115,31 +131,71 @@ def _run(row: RunRow, children: list[str]) -> dict[str, Any]:
 async def _problems(
     ledger: Ledger, run_id: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Histograms of the run's error codes (per outcome) and of its exception codes."""
+    """Histograms of the run's error codes (per outcome) and of its exception codes, each
+    code with the first record (in input order) that had it."""
     errors: Counter[tuple[str, str, str]] = Counter()
     exceptions: Counter[tuple[str, str]] = Counter()
+    examples: dict[tuple[str, ...], dict[str, Any]] = {}
     wanted = (Outcome.REJECTED, Outcome.INVALID, Outcome.FAILED, Outcome.CONDITIONAL)
     async for item in ledger.iter_run_items(run_id, wanted):
         line = orjson.loads(item.line)
         found = line.get("errors") or []
-        for error in found:
-            errors[(item.outcome, _text(error.get("code")), _text(error.get("title")))] += 1
+        codes = [
+            (item.outcome, _text(error.get("code")), _text(error.get("title"))) for error in found
+        ]
         if not found and item.outcome == Outcome.FAILED:
             # A failure without an answer from AEMO: its reason says what went wrong.
-            errors[(item.outcome, "-", _text(line.get("reason")))] += 1
-        for exception in line.get("exceptions") or []:
-            name = exception.get("name", exception.get("title"))
-            exceptions[(_text(exception.get("code")), _text(name))] += 1
+            codes.append((item.outcome, "-", _text(line.get("reason"))))
+        errors.update(codes)
+        names = [
+            (_text(exception.get("code")), _text(exception.get("name", exception.get("title"))))
+            for exception in line.get("exceptions") or []
+        ]
+        exceptions.update(names)
+        for key in (*codes, *names):
+            examples.setdefault(key, _example(line))
     return (
         [
-            {"outcome": outcome, "code": code, "title": title, "count": count}
+            {
+                "outcome": outcome,
+                "code": code,
+                "title": title,
+                "count": count,
+                "example": examples[(outcome, code, title)],
+            }
             for (outcome, code, title), count in _ranked(errors)
         ],
         [
-            {"code": code, "name": name, "count": count}
+            {"code": code, "name": name, "count": count, "example": examples[(code, name)]}
             for (code, name), count in _ranked(exceptions)
         ],
     )
+
+
+def _example(line: dict[str, Any]) -> dict[str, Any]:
+    """Which record an outcome line is about, to look it up in the outcome files."""
+    return {
+        "nmi": line.get("nmi"),
+        "source": line.get("source"),
+        "http_status": line.get("http_status"),
+        "transaction_id": line.get("transaction_id"),
+    }
+
+
+def latest_followup(out_dir: Path) -> dict[str, Any] | None:
+    """The follow-up of the run's Conditional records that `wem-der followup` wrote last
+    (`followup.jsonl` in the run's outcome directory, one JSON object a line: `nmi`,
+    `stage`, `confirmed`, `exceptions`); None if there is none."""
+    path = out_dir / FOLLOWUP_JSONL
+    try:
+        with path.open("rb") as lines:
+            written = os.fstat(lines.fileno()).st_mtime
+            records = [orjson.loads(line) for line in lines if line.strip()]
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the follow-up {path}: {exc}") from exc
+    return {"written_at": _iso(written), "records": records}
 
 
 def _ranked(counter: Counter[Any]) -> list[tuple[Any, int]]:
@@ -153,8 +209,11 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def quota_use(starts: Sequence[float], rate: str) -> dict[str, Any]:
-    """Write attempts per quota period, and the fullest sliding window of one period.
+def quota_use(
+    starts: Sequence[float], rate: str, *, throttled: Sequence[float] = ()
+) -> dict[str, Any]:
+    """Write attempts per quota period (and of those, the ones answered 429: `throttled`,
+    their start times), and the fullest sliding window of one period.
 
     Periods are counted from the run's first attempt; periods with no attempt (a resume
     a day later) are left out rather than listed empty.
@@ -164,6 +223,7 @@ def quota_use(starts: Sequence[float], rate: str) -> dict[str, Any]:
     first = starts[0] if starts else 0.0
     for at in starts:
         windows[int((at - first) // period_s)] += 1
+    refused: Counter[int] = Counter(int((at - first) // period_s) for at in throttled)
     fullest = 0
     for i, at in enumerate(starts):  # `starts` is ascending
         fullest = max(fullest, bisect.bisect_left(starts, at + period_s, lo=i) - i)
@@ -174,7 +234,8 @@ def quota_use(starts: Sequence[float], rate: str) -> dict[str, Any]:
         "attempts": len(starts),
         "fullest_window": fullest,
         "windows": [
-            {"start": _iso(first + k * period_s), "attempts": n} for k, n in sorted(windows.items())
+            {"start": _iso(first + k * period_s), "attempts": n, "http_429": refused[k]}
+            for k, n in sorted(windows.items())
         ],
     }
 

@@ -67,7 +67,8 @@ def _cut(rows: list[Any], *, latest: bool = False) -> tuple[list[Any], str]:
     return rows[:MAX_ROWS], "\n" + note
 
 
-def _run_text(run: dict[str, Any]) -> str:
+def run_fields(run: dict[str, Any]) -> list[tuple[str, object]]:
+    """The facts of a run as (name, value) pairs, in the order a person reads them."""
     fields: list[tuple[str, object]] = [
         ("kind", run["kind"]),
         ("status", _status(run)),
@@ -91,6 +92,11 @@ def _run_text(run: dict[str, Any]) -> str:
     ):
         if summary.get(key):
             fields.append((name, summary[key]))
+    return fields
+
+
+def _run_text(run: dict[str, Any]) -> str:
+    fields = run_fields(run)
     width = max(len(name) for name, _ in fields)
     lines = [f"run {shown(str(run['run_id']))}"]
     lines += [f"  {name:<{width}}  {shown(str(value))}" for name, value in fields]

@@ -232,51 +232,93 @@ async def plan_items(
 ) -> AsyncIterator[tuple[int, SourceItem]]:
     """The numbered items a run sends; once `stop` is set, no stream is waited for.
 
-    A re-submission sends the records of its parent run whose outcome is in `plan.only`,
-    read again from the parent's inputs under their parent's seq. With `plan.corrected`
-    it sends only those of them that the corrected file has a version of (matched by
-    NMI), that version, after `on_diff` has shown what changed. An input that no longer
-    holds the record the parent sent under a seq is refused, not guessed at.
+    A re-submission sends the records of its parent run whose outcome is in `plan.only`
+    (`_chosen`). With `plan.corrected` it sends their corrected versions instead
+    (`_corrected`).
     """
-    if plan.parent_run_id is None:
-        async for pair in numbered(plan.inputs, stop=stop):
-            yield pair
-        return
-    chosen = await ledger.item_nmis(plan.parent_run_id, plan.only or None)
-    corrected = await _corrections(plan.corrected, stop) if plan.corrected else None
-    used: set[str] = set()
-    uncorrected = 0
-    async for seq, item in numbered(plan.inputs, stop=stop):
-        if seq not in chosen:
+    items = numbered(plan.inputs, stop=stop)
+    if plan.parent_run_id is not None:
+        nmis = await ledger.item_nmis(plan.parent_run_id, plan.only or None)
+        items = _chosen(items, nmis, parent_run_id=plan.parent_run_id)
+        if plan.corrected:
+            items = _corrected(
+                items,
+                await _corrections(plan.corrected, stop),
+                on_diff=on_diff,
+                on_note=on_note,
+                where=plan.corrected,
+                chosen_from=f"run {plan.parent_run_id} (--only {','.join(plan.only)})",
+            )
+    async for pair in items:
+        yield pair
+
+
+async def _chosen(
+    items: AsyncIterator[tuple[int, SourceItem]],
+    nmis: dict[int, str | None],
+    *,
+    parent_run_id: str,
+) -> AsyncIterator[tuple[int, SourceItem]]:
+    """The items whose seq is in `nmis` (seq -> the NMI the parent run sent from there),
+    read again from the parent's inputs under their parent's seq.
+
+    An input that no longer holds the record the parent sent under a seq is refused, not
+    guessed at. An item that could not be read (a line that no longer decodes, or the
+    place where a stream was left at a stop) goes on: it becomes its outcome, with its
+    reason, as it would in any run.
+    """
+    async for seq, item in items:
+        if seq not in nmis:
             continue
-        nmi = nmi_of(item.value)
-        if nmi != chosen[seq]:
+        if item.error is None and (nmi := nmi_of(item.value)) != nmis[seq]:
             raise InputError(
-                f"{item.source} holds NMI {nmi!r}, but run {plan.parent_run_id} sent NMI"
-                f" {chosen[seq]!r} from there: the input changed since that run; re-submit"
+                f"{item.source} holds NMI {nmi!r}, but run {parent_run_id} sent NMI"
+                f" {nmis[seq]!r} from there: the input changed since that run; re-submit"
                 " from a copy of the file as it was, or submit the new file"
             )
-        if corrected is None:
+        yield seq, item
+
+
+async def _corrected(
+    items: AsyncIterator[tuple[int, SourceItem]],
+    corrections: dict[str, SourceItem],
+    *,
+    on_diff: Callable[[str, list[str]], None],
+    on_note: Callable[[str], None],
+    where: str,
+    chosen_from: str,
+) -> AsyncIterator[tuple[int, SourceItem]]:
+    """For each of `items`, its version in `corrections` (matched by NMI), after `on_diff`
+    has shown what changed; the items with none are not sent, and `on_note` says how many,
+    and which corrections matched no item.
+
+    `where` names the corrections, `chosen_from` what the items were chosen from.
+    """
+    used: set[str] = set()
+    uncorrected = 0
+    async for seq, item in items:
+        if item.error is not None:
+            # It has no NMI to match a correction by, and no version to send: it goes on
+            # to be reported, as `_chosen` lets it.
             yield seq, item
             continue
+        nmi = nmi_of(item.value)
         # Corrections are matched by NMI: a record without one has no corrected version.
-        if nmi is None or (replacement := corrected.get(nmi)) is None:
+        if nmi is None or (replacement := corrections.get(nmi)) is None:
             uncorrected += 1
             continue
         used.add(nmi)
         on_diff(nmi, list(field_changes(item.value, replacement.value)))
         yield seq, replacement
-    if corrected is None:
-        return
     if uncorrected:
         on_note(
-            f"{uncorrected} chosen record(s) have no corrected version in {plan.corrected}"
+            f"{uncorrected} chosen record(s) have no corrected version in {where}"
             " and were not sent (re-submit without --with to send them as they were)"
         )
-    unmatched = sorted(corrected.keys() - used)
+    unmatched = sorted(corrections.keys() - used)
     if unmatched:
         shown = ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
         on_note(
-            f"{len(unmatched)} corrected record(s) match no chosen record of run"
-            f" {plan.parent_run_id} (--only {','.join(plan.only)}) and were not sent: {shown}"
+            f"{len(unmatched)} corrected record(s) match no chosen record of {chosen_from}"
+            f" and were not sent: {shown}"
         )

@@ -11,7 +11,10 @@ submission was in an earlier run (unless --force) or on an earlier line of this 
 (always: a line given twice is sent once). Where the ledger knows the NMI on several lines
 of its latest run, a record that differs is deferred until a later line of it supersedes
 it, or sent when the input ends without one, so that an unchanged input with two versions
-of an NMI sends nothing the next night either. A stop (Ctrl-C, or a run that
+of an NMI sends nothing the next night either. A record the ledger cannot decide (none of
+its NMI's versions is known accepted) is planned from the register, when the run has a
+reader: its current version is read in bulk with its chunk's, and `register/decide.py`
+skips the record, or sends it as a create or as an update. A stop (Ctrl-C, or a run that
 must abort) lets requests on the wire finish, then records every remaining input record
 as "not sent" in the outcome files, but not as final in the ledger, so `resume` sends them.
 """
@@ -40,6 +43,8 @@ from wem_der.records.outcomes import (
 )
 from wem_der.records.preflight import Preflight, nmi_of
 from wem_der.records.shapes import RecordKind
+from wem_der.register.decide import decide
+from wem_der.register.search import Held, RegisterReader
 from wem_der.send.recent import Recent
 from wem_der.send.submitter import StoppedByAnswer, Submitter
 
@@ -129,10 +134,13 @@ class Engine:
         concurrency: int,
         stop: asyncio.Event,
         on_outcome: Callable[[OutcomeRecord], None],
+        on_settled: Callable[[OutcomeRecord, bool], None],
         force: bool = False,
         skip_seqs: Container[int] = (),
         read_back_seqs: Mapping[int, Action] | None = None,
         lineage: Lineage | None = None,
+        reader: RegisterReader | None = None,
+        carry_register_ids: bool = True,
     ) -> None:
         self._run_id = run_id
         self._preflight = preflight
@@ -142,11 +150,22 @@ class Engine:
         self._concurrency = concurrency
         self._stop = stop
         self._on_outcome = on_outcome
+        # Each outcome again, with whether it is final (False: left for `resume`): the
+        # metrics count the records not sent apart from those that failed.
+        self._on_settled = on_settled
         self._force = force
         self._skip_seqs = skip_seqs
         # seq -> the action of the write a dead process had on the wire for it.
         self._read_back_seqs = read_back_seqs or {}
         self._lineage = lineage
+        # Reads what the register holds of the records the ledger cannot decide (None: the
+        # ledger alone decides); see `_read_register`.
+        self._reader = None if force else reader
+        self._carry_register_ids = carry_register_ids
+        # Records a chunk holds: with a reader, whole searches of its NMIs where they fit,
+        # so that an input the ledger knows nothing of costs one search per batch_size.
+        batch = LOOKUP_CHUNK if self._reader is None else self._reader.batch_size
+        self._chunk = LOOKUP_CHUNK // batch * batch if batch <= LOOKUP_CHUNK else LOOKUP_CHUNK
         self.abort: RunAborted | None = None
         # Outcomes left not final in the ledger, for resume to finish: the records not sent,
         # and the one whose answer stopped the run.
@@ -190,6 +209,7 @@ class Engine:
         else:
             self.not_sent += 1
         self._on_outcome(outcome)
+        self._on_settled(outcome, final)
         # The one canonical event per record: ids and timing, never the payload.
         log.info(
             "record.completed",
@@ -219,7 +239,7 @@ class Engine:
                 chunk.append(checked)
             # A chunk goes when it is full, or when no further item is ready: a record that
             # a slow producer has just written must not wait for the ones after it.
-            if chunk and (len(chunk) >= LOOKUP_CHUNK or arrived.empty()):
+            if chunk and (len(chunk) >= self._chunk or arrived.empty()):
                 await self._dispatch(chunk)
                 chunk = []
         await self._dispatch(chunk)
@@ -256,6 +276,7 @@ class Engine:
         states = await self._ledger.delta_states(
             self._run_id, [(r.kind.value, r.nmi, r.content_hash) for r in chunk]
         )
+        read = await self._read_register(chunk, states)
         for rec in chunk:
             if self._stop.is_set():
                 self._not_sent(rec.seq, _pending(rec))
@@ -263,6 +284,22 @@ class Engine:
             key = (rec.kind, rec.nmi)
             state = states[(rec.kind.value, rec.nmi)]
             rec.exists = state.exists
+            # A record of an NMI this run has sent or found meanwhile is decided by that.
+            if (
+                rec.nmi in read
+                and rec.seq not in self._read_back_seqs
+                and key not in self._busy
+                and key not in self._recent
+            ):
+                held = read[rec.nmi]
+                skipped = decide(rec, held, carry_register_ids=self._carry_register_ids)
+                if skipped is not None:
+                    self._recent[key] = _Holds(
+                        rec.content_hash, None, skipped.transaction_id, rec.source
+                    )
+                    self._finish(rec.seq, skipped)
+                    await self._ledger.drain()
+                    continue
             if key in self._busy:
                 await self._slots.acquire()
                 # Checked again: the record ahead may have finished while this one waited.
@@ -273,6 +310,53 @@ class Engine:
                     continue
                 self._slots.release()
             await self._admit(rec, state)
+
+    async def _read_register(
+        self, chunk: list[PreparedRecord], states: Mapping[tuple[str, str], RecordState]
+    ) -> dict[str, Held | None]:
+        """What the register holds (None: nothing) of each NMI of `chunk` that the ledger
+        cannot decide: no accepted or conditional version of it is in the ledger, no record
+        of it is on its way, and none had its write on the wire when a run died (that one
+        is read back by the submitter). Read in bulk, `reader.batch_size` NMIs a request;
+        the NMIs of a search that fails are left out, and planned by the ledger as ever."""
+        if self._reader is None or self._stop.is_set():
+            return {}
+        nmis = list(
+            dict.fromkeys(
+                rec.nmi
+                for rec in chunk
+                if states[(rec.kind.value, rec.nmi)].last_success_hash is None
+                and rec.seq not in self._read_back_seqs
+                and (rec.kind, rec.nmi) not in self._busy
+                and (rec.kind, rec.nmi) not in self._recent
+                # The search's `nmi` is a comma-separated list: such an NMI cannot be asked.
+                and rec.nmi
+                and "," not in rec.nmi
+            )
+        )
+        size = self._reader.batch_size
+        try:
+            async with asyncio.TaskGroup() as group:
+                searches = [
+                    group.create_task(self._reader.lookup(nmis[at : at + size]))
+                    for at in range(0, len(nmis), size)
+                ]
+        except* Interrupted:
+            # Stopped while a search waited to be retried: the chunk is not sent (`_dispatch`).
+            searches = []
+        except* RunAborted as group:
+            # As a write's would (`_submit`): the run stops, and its records are not sent.
+            first = group.exceptions[0]
+            if self.abort is None and isinstance(first, RunAborted):
+                self.abort = first
+            self._stop.set()
+            searches = []
+        read: dict[str, Held | None] = {}
+        for search in searches:
+            lookup = search.result()
+            if lookup.error is None:
+                read.update((nmi, lookup.held.get(nmi)) for nmi in lookup.nmis)
+        return read
 
     async def _admit(self, rec: PreparedRecord, state: RecordState) -> None:
         """Skip, defer or send `rec`, whose NMI has no record in flight.
@@ -323,13 +407,8 @@ class Engine:
         else:
             return None
         self._recent[(rec.kind, rec.nmi)] = holds
-        return OutcomeRecord(
-            rec.kind,
-            rec.nmi,
-            rec.source,
-            Outcome.SKIPPED,
-            content_hash=rec.content_hash,
-            reason=reason,
+        return rec.skipped(
+            reason,
             previous_run_id=holds.run_id,
             previous_transaction_id=holds.transaction_id,
         )
@@ -421,14 +500,7 @@ def _line_of(source: SourceRef) -> str:
 
 
 def _superseded(rec: PreparedRecord, later: PreparedRecord) -> OutcomeRecord:
-    return OutcomeRecord(
-        rec.kind,
-        rec.nmi,
-        rec.source,
-        Outcome.SKIPPED,
-        content_hash=rec.content_hash,
-        reason=(
-            f"superseded by {_line_of(later.source)}, a later line of the same NMI that takes"
-            " its place, so it is not sent"
-        ),
+    return rec.skipped(
+        f"superseded by {_line_of(later.source)}, a later line of the same NMI that takes its"
+        " place, so it is not sent"
     )

@@ -2,6 +2,13 @@
 
 A run is described by a `RunPlan` (which inputs, which kind, which records of which
 earlier run), stored in `run.json` and in the ledger, so `resume` can rebuild it exactly.
+`execute` runs it in four parts: `_open` (the quota, the outcome directory and ledger,
+the endpoints and session), `_run_stages`, `_summary`, and the close (summary.json and
+the ledger's run row, then everything opened, in reverse), after which the run's
+metrics (`--metrics-file`, `--metrics-push`) are published from the summary, as they were
+every few seconds while `_run_stages` went. A run that plans from the register reads it
+through a `RegisterReader` on the run's own token, quota, retry policy and request
+counters; `opened_reader` opens one of those alone, for `verify` and `export`.
 """
 
 from __future__ import annotations
@@ -9,83 +16,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
-from wem_der.config import Settings
-from wem_der.errors import ConfigError, InputError, RunAborted
+from wem_der.config import Settings, register_scope
 from wem_der.files.limits import fit_concurrency
-from wem_der.files.pathtext import to_text
-from wem_der.files.private import write_json_atomic
-from wem_der.ledger.outcome_files import (
-    PROBLEMS_CSV,
-    SUMMARY_JSON,
-    OutcomeSink,
-    outcome_file,
-    rewriting,
-)
+from wem_der.ledger.outcome_files import OutcomeSink
 from wem_der.ledger.store import Ledger
-from wem_der.read.sources import STDIN
 from wem_der.records.enumerations import load_enumerations
 from wem_der.records.outcomes import Action, Outcome, OutcomeRecord
 from wem_der.records.preflight import Preflight
 from wem_der.records.shapes import RecordKind
-from wem_der.run.endpoints import (
-    SIMULATOR_FILE,
-    Endpoints,
-    check_endpoints,
-    endpoints,
-    warn_if_insecure,
-)
-from wem_der.run.lock import LOCK_FILE, run_lock
-from wem_der.run.plan import RUN_JSON, RunPlan, plan_items, read_run_json, unchecked_notes
+from wem_der.register.search import RegisterReader
+from wem_der.report.metrics import RunMetrics
+from wem_der.run.endpoints import Endpoints, check_endpoints, endpoints, warn_if_insecure
+from wem_der.run.lock import run_lock
+from wem_der.run.plan import RunPlan, plan_items, unchecked_notes
+from wem_der.run.results import RunResult, RunStatus, Summary
 from wem_der.run.seqset import SeqSet
 from wem_der.run.stages import Engine, Lineage, interruptible
-from wem_der.send.answers import KnownRefusal
+from wem_der.run.start import LEDGER_FILE, begin, refuse_own_files
+from wem_der.send.answers import Counters, KnownRefusal, status_label
 from wem_der.send.auth import TokenProvider
 from wem_der.send.body import Compression
 from wem_der.send.client import SPARE_CONNECTIONS, ApiClient, TlsSettings, make_session
-from wem_der.send.quota import QuotaLimiter, parse_rate
+from wem_der.send.quota import QuotaLimiter, parse_burst, parse_rate
+from wem_der.send.quota_store import open_log
 from wem_der.send.retry import RetryPolicy
 from wem_der.send.submitter import Submitter
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-
-LEDGER_FILE = "ledger.sqlite3"
-# Answers that say a write was refused before it was applied: a record whose last write
-# got one of these needs no read-back on resume (a 500, 502 or 504 may hide a write that
-# was applied, and no answer at all certainly may).
-REFUSED_UNAPPLIED = frozenset({400, 401, 403, 404, 405, 411, 413, 415, 422, 429, 503})
-
-
-@dataclass
-class RunResult:
-    """What the CLI reports and turns into an exit code."""
-
-    run_id: str
-    out_dir: Path
-    summary: dict[str, Any]
-    aborted: RunAborted | None = None
-    interrupted: bool = False
-
-    @property
-    def exit_code(self) -> int:
-        if self.aborted is not None or self.interrupted:
-            return 3
-        bad = sum(
-            self.summary.get(o.value, 0)
-            for o in (Outcome.REJECTED, Outcome.INVALID, Outcome.FAILED)
-        )
-        return 1 if bad else 0
 
 
 @dataclass
@@ -123,150 +90,10 @@ def preflight_for(settings: Settings, kind: RecordKind) -> Preflight:
     )
 
 
-async def _take_directory(
-    ledger: Ledger, plan: RunPlan, out_dir: Path, *, resume: bool, on_note: Callable[[str], None]
-) -> None:
-    """Make `out_dir` this run's; the caller holds its lock, so no run is live there.
-
-    An outcome directory holds the files of one run, the one its `run.json` names. A new
-    run may replace a finished run's files (the ledger keeps its outcomes), but not those
-    of a run that did not finish: `resume` finishes that run there, and `resume DIR` would
-    otherwise pick up the newcomer. A resume never writes over the files of another run.
-    """
-    held = read_run_json(out_dir)
-    if held is None or held["run_id"] == plan.run_id:
-        return
-    other = held["run_id"]
-    if resume:
-        raise ConfigError(
-            f"the outcome directory {out_dir} now holds run {other}, so run {plan.run_id}"
-            f" cannot go on there; its outcomes are in the ledger: wem-der report {plan.run_id}"
-        )
-    row = await ledger.get_run(other)
-    if row is None:
-        raise ConfigError(
-            f"the outcome directory {out_dir} holds run {other}, which this ledger does not"
-            " know: a run of another register or --state-dir (choose another --out), or one"
-            f" killed before it began (`wem-der resume {out_dir}` starts it)"
-        )
-    if row.status != "finished":
-        # No live run holds the lock, so one the ledger still calls running ended early:
-        # killed, a second Ctrl-C, or an error such as a full disk.
-        state = "killed, stopped at once or by an error" if row.status == "running" else row.status
-        raise ConfigError(
-            f"the outcome directory {out_dir} holds run {other}, which did not finish ({state}):"
-            f" `wem-der resume {other}` finishes it there; to start a new run, choose another"
-            " --out"
-        )
-    on_note(
-        f"{out_dir} held run {other} (finished): its outcome files are replaced, its outcomes"
-        f" stay in the ledger (wem-der report {other})"
-    )
-
-
-def _refuse_own_files(settings: Settings, plan: RunPlan) -> None:
-    """Refuse a run that would read a file it writes itself.
-
-    A new run empties the outcome files of the finished run it replaces before it reads
-    its input, a resume rewrites them, and every run writes the ledger: an input that is
-    one of them (by any name: a symbolic link, another relative path, a hard link,
-    standard input redirected from it) would be read empty or changing, and its records
-    lost with the file. Files are compared by device and inode, which every name of a file
-    shares, and by resolved path.
-    """
-    out_dir = Path(plan.out_dir)
-    outcome_files = [
-        *(out_dir / outcome_file(outcome) for outcome in Outcome),
-        *(out_dir / name for name in (PROBLEMS_CSV, SUMMARY_JSON, RUN_JSON, LOCK_FILE)),
-    ]
-    written = dict.fromkeys(outcome_files, ("outcome directory", "--out"))
-    written.update(
-        (settings.state_dir / f"{database}{suffix}", ("state directory", "--state-dir"))
-        for database in (LEDGER_FILE, SIMULATOR_FILE)
-        for suffix in ("", "-wal", "-shm", "-journal")
-    )
-    by_inode: dict[tuple[int, int], Path] = {}
-    for path in written:
-        with contextlib.suppress(OSError):
-            info = os.stat(path)
-            by_inode[(info.st_dev, info.st_ino)] = path
-    by_name = {os.path.realpath(path): path for path in written}
-    for name in (*plan.inputs, *([plan.corrected] if plan.corrected else [])):
-        hit = None if name == STDIN else by_name.get(os.path.realpath(name))
-        # Standard input closed, or an input gone, is not a file this run writes.
-        with contextlib.suppress(OSError):
-            info = os.fstat(0) if name == STDIN else os.stat(name)
-            hit = by_inode.get((info.st_dev, info.st_ino), hit)
-        if hit is None:
-            continue
-        given = "standard input" if name == STDIN else f"input {to_text(name)}"
-        if name == STDIN or os.path.realpath(name) != os.path.realpath(hit):
-            given += f" is {to_text(str(hit))}, which"
-        place, flag = written[hit]
-        raise InputError(
-            f"{given} is a file this run writes (in its {place}), so it would be emptied or"
-            f" changed before it is read; copy it elsewhere and give the copy, or choose"
-            f" another {flag}"
-        )
-
-
-def _write_run_json(settings: Settings, plan: RunPlan, out_dir: Path) -> None:
-    """Write the `run.json` of a new run (in a directory `_take_directory` has made its)."""
-    try:
-        write_json_atomic(out_dir / RUN_JSON, plan.as_json() | {"settings": settings.secret_free()})
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write the outcome directory {out_dir}: {exc.strerror}; check --out"
-        ) from exc
-
-
-async def _open_run(
-    ledger: Ledger, settings: Settings, plan: RunPlan, out_dir: Path, resume: bool
-) -> tuple[SeqSet, dict[int, Action]]:
-    """(records already final, records whose write was on the wire when a run died, with
-    the action of that write)."""
-    # A run_id the ledger knows is that run resuming: it is marked running again. One it
-    # does not know was killed before it recorded itself, so before it sent anything.
-    await ledger.start_run(
-        run_id=plan.run_id,
-        kind=plan.kind.value,
-        out_dir=to_text(str(out_dir)),
-        inputs=[to_text(path) for path in plan.inputs],
-        settings={"plan": plan.as_json(), "settings": settings.secret_free()},
-        parent_run_id=plan.parent_run_id,
-    )
-    if not resume:
-        return SeqSet(), {}
-    read_back = {
-        seq: Action(f.action)
-        for seq, f in (await ledger.in_flight(plan.run_id)).items()
-        if f.http_status not in REFUSED_UNAPPLIED
-    }
-    # The files are rebuilt from the ledger, so a record whose line was written before the
-    # crash but whose outcome was not yet final in the ledger does not appear twice.
-    # Streamed as stored: a migration's million finished lines are copied, not decoded.
-    # The rows streamed are those of every final outcome of the run: their seqs are the
-    # records already final, read here rather than by a query of their own.
-    done = SeqSet()
-    with rewriting(out_dir) as sink:
-        async for row in ledger.iter_run_items(plan.run_id):
-            sink.write_line(Outcome(row.outcome), row.line)
-            done.add(row.seq)
-    return done, read_back
-
-
-def _submitter(
-    settings: Settings,
-    plan: RunPlan,
-    ep: Endpoints,
-    *,
-    session: aiohttp.ClientSession,
-    limiter: QuotaLimiter,
-    ledger: Ledger,
-    stop: asyncio.Event,
-    clock: Clock,
-    sleep: Sleep,
-) -> tuple[Submitter, TokenProvider]:
+def _client(
+    settings: Settings, ep: Endpoints, *, session: aiohttp.ClientSession, clock: Clock, sleep: Sleep
+) -> tuple[ApiClient, TokenProvider]:
+    """The token and the client that every request of a run, a write or a read, goes by."""
     tokens = TokenProvider(
         session=session,
         token_url=ep.token_url,
@@ -285,29 +112,138 @@ def _submitter(
         compression=Compression(settings.compression),
         timeout_s=settings.timeout_s,
     )
-    submitter = Submitter(
+    return client, tokens
+
+
+def _policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.max_attempts,
+        max_elapsed_s=settings.max_elapsed_s,
+        base_delay_s=settings.base_delay_s,
+        max_delay_s=settings.max_delay_s,
+    )
+
+
+def _submitter(
+    settings: Settings,
+    plan: RunPlan,
+    ep: Endpoints,
+    *,
+    client: ApiClient,
+    tokens: TokenProvider,
+    limiter: QuotaLimiter,
+    ledger: Ledger,
+    counters: Counters,
+    stop: asyncio.Event,
+    clock: Clock,
+    sleep: Sleep,
+) -> Submitter:
+    return Submitter(
         run_id=plan.run_id,
         client=client,
         tokens=tokens,
         limiter=limiter,
         ledger=ledger,
         routes=ep.routes,
-        policy=RetryPolicy(
-            max_attempts=settings.max_attempts,
-            max_elapsed_s=settings.max_elapsed_s,
-            base_delay_s=settings.base_delay_s,
-            max_delay_s=settings.max_delay_s,
-        ),
+        policy=_policy(settings),
         requested=Action(settings.action),
         already_exists=KnownRefusal.already_exists(
             settings.already_exists_codes, settings.already_exists_pattern
         ),
         record_missing=KnownRefusal.record_missing(settings.record_missing_pattern),
         stop_after_forbidden=settings.stop_after_forbidden,
+        counters=counters,
         sleep=interruptible(stop, sleep),
         clock=clock,
     )
-    return submitter, tokens
+
+
+def _reader(
+    settings: Settings,
+    ep: Endpoints,
+    *,
+    client: ApiClient,
+    tokens: TokenProvider,
+    limiter: QuotaLimiter,
+    counters: Counters,
+    stop: asyncio.Event,
+    clock: Clock,
+    sleep: Sleep,
+) -> RegisterReader:
+    """The register's bulk reader, on the same token, quota, retry policy and counters as
+    the run's writes: a read is a request like any other."""
+    return RegisterReader(
+        client=client,
+        tokens=tokens,
+        limiter=limiter,
+        routes=ep.routes,
+        policy=_policy(settings),
+        record_missing=KnownRefusal.record_missing(settings.record_missing_pattern),
+        batch_size=settings.search_batch_size,
+        page_size=settings.search_page_size,
+        counters=counters,
+        sleep=interruptible(stop, sleep),
+        clock=clock,
+    )
+
+
+def plans_from_register(settings: Settings, kind: RecordKind) -> bool:
+    """Whether a run of `kind` reads the register to plan (`Settings.plan`)."""
+    return kind is RecordKind.INSTALLATION and settings.plan in (None, "register")
+
+
+@contextlib.asynccontextmanager
+async def opened_reader(
+    settings: Settings,
+    *,
+    hooks: Hooks,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+) -> AsyncIterator[RegisterReader]:
+    """A reader of the register, for `verify` and `export`: a run's quota, endpoints,
+    session and token, with no ledger and no outcome directory."""
+    check_endpoints(settings, RecordKind.INSTALLATION)
+    async with contextlib.AsyncExitStack() as stack:
+        concurrency, limiter = await _pace(stack, settings, hooks, clock=clock, sleep=sleep)
+        ep = await stack.enter_async_context(endpoints(settings))
+        warn_if_insecure(settings, ep)
+        session = await stack.enter_async_context(
+            make_session(tls=_tls(settings), concurrency=concurrency, timeout_s=settings.timeout_s)
+        )
+        client, tokens = _client(settings, ep, session=session, clock=clock, sleep=sleep)
+        yield _reader(
+            settings,
+            ep,
+            client=client,
+            tokens=tokens,
+            limiter=limiter,
+            counters=Counters(),
+            stop=hooks.stop,
+            clock=clock,
+            sleep=sleep,
+        )
+
+
+@dataclass
+class _Open:
+    """What a run holds open, from `_open` until its summary is written."""
+
+    settings: Settings
+    plan: RunPlan
+    hooks: Hooks
+    concurrency: int
+    limiter: QuotaLimiter
+    ledger: Ledger
+    sink: OutcomeSink
+    endpoints: Endpoints
+    tokens: TokenProvider
+    submitter: Submitter
+    # What plans from the register (None: the ledger alone plans, see `Settings.plan`).
+    reader: RegisterReader | None
+    metrics: RunMetrics
+    # Records already final, and records whose write was on the wire when a run died.
+    done: SeqSet
+    read_back: dict[int, Action]
 
 
 async def execute(
@@ -325,10 +261,125 @@ async def execute(
     inject them so that a Retry-After or a quota window passes without the wall clock.
     """
     check_endpoints(settings, plan.kind)
-    _refuse_own_files(settings, plan)
+    refuse_own_files(settings, plan)
+    started_at, started = datetime.now(UTC), time.monotonic()
+    async with contextlib.AsyncExitStack() as stack:
+        run = await _open(stack, settings, plan, hooks, resume=resume, clock=clock, sleep=sleep)
+        engine = await _run_stages(run, sleep=sleep)
+        summary = await _summary(run, engine, started_at=started_at, started=started)
+        run.sink.write_summary(summary.as_json())
+        await run.ledger.finish_run(plan.run_id, status=summary.status, summary=summary.as_json())
+    # The last metrics are the summary's own, published once the run has let go of all it
+    # held; a file or a push that fails now is the run's error (exit 2), not a warning.
+    run.metrics.finish(summary.as_json())
+    await run.metrics.publish(settings.metrics_file, settings.metrics_push, settings.metrics_job)
+    return RunResult(plan.run_id, Path(plan.out_dir), summary, aborted=engine.abort)
+
+
+async def _open(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    plan: RunPlan,
+    hooks: Hooks,
+    *,
+    resume: bool,
+    clock: Clock,
+    sleep: Sleep,
+) -> _Open:
+    """Everything a run holds, opened in order onto `stack`, which closes it in reverse."""
     out_dir = Path(plan.out_dir)
-    started_wall = datetime.now(UTC)
-    started = time.monotonic()
+    # The lock first (it creates the outcome directory, owner only): a run started on
+    # the directory of a live run is refused before it touches anything there.
+    stack.enter_context(run_lock(out_dir))
+    ledger = await stack.enter_async_context(Ledger(settings.state_dir / LEDGER_FILE))
+    # The quota before the run begins in the ledger: a quota store that cannot be reached
+    # stops it before it is recorded or sends anything.
+    concurrency, limiter = await _pace(stack, settings, hooks, clock=clock, sleep=sleep)
+    done, read_back = await begin(ledger, settings, plan, resume=resume, on_note=hooks.on_note)
+    counters = await _earlier_requests(ledger, plan.run_id) if resume else Counters()
+    # A resumed run's requests count from its first process on, as its summary's do.
+    metrics = RunMetrics(clock=clock)
+    metrics.requests.update(counters.by_status)
+    counters.on_answer = metrics.on_answer
+    hooks.on_start(plan.run_id, out_dir)
+    for note in unchecked_notes(plan, again=resume or plan.parent_run_id is not None):
+        hooks.on_note(note)
+    ep = await stack.enter_async_context(endpoints(settings))
+    warn_if_insecure(settings, ep)
+    session = await stack.enter_async_context(
+        make_session(tls=_tls(settings), concurrency=concurrency, timeout_s=settings.timeout_s)
+    )
+    client, tokens = _client(settings, ep, session=session, clock=clock, sleep=sleep)
+    submitter = _submitter(
+        settings,
+        plan,
+        ep,
+        client=client,
+        tokens=tokens,
+        limiter=limiter,
+        ledger=ledger,
+        counters=counters,
+        stop=hooks.stop,
+        clock=clock,
+        sleep=sleep,
+    )
+    reader = None
+    if plans_from_register(settings, plan.kind):
+        reader = _reader(
+            settings,
+            ep,
+            client=client,
+            tokens=tokens,
+            limiter=limiter,
+            counters=counters,
+            stop=hooks.stop,
+            clock=clock,
+            sleep=sleep,
+        )
+    elif settings.plan == "register":
+        hooks.on_note(
+            "the NMI API has no search, so --plan register plans NMI records from the ledger"
+        )
+    sink = stack.enter_context(OutcomeSink(out_dir, append=resume))
+    return _Open(
+        settings=settings,
+        plan=plan,
+        hooks=hooks,
+        concurrency=concurrency,
+        limiter=limiter,
+        ledger=ledger,
+        sink=sink,
+        endpoints=ep,
+        tokens=tokens,
+        submitter=submitter,
+        reader=reader,
+        metrics=metrics,
+        done=done,
+        read_back=read_back,
+    )
+
+
+async def _earlier_requests(ledger: Ledger, run_id: str) -> Counters:
+    """What the processes that worked on a resumed run before this one sent, as the ledger
+    has it, for a summary of the whole run: their finished write attempts by answer (see
+    `Ledger.attempt_statuses` for what that leaves out)."""
+    counters = Counters()
+    for status, attempts in (await ledger.attempt_statuses(run_id)).items():
+        counters.requests += attempts
+        counters.http_429 += attempts if status == 429 else 0
+        counters.by_status[status_label(status)] += attempts
+    return counters
+
+
+async def _pace(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    hooks: Hooks,
+    *,
+    clock: Clock,
+    sleep: Sleep,
+) -> tuple[int, QuotaLimiter]:
+    """How many workers a run has, and the quota that paces their requests."""
     count, period_s = parse_rate(settings.rate_limit)
     concurrency = fit_concurrency(
         settings.concurrency or default_concurrency(count, period_s),
@@ -339,96 +390,128 @@ async def execute(
     )
     # The quota's wait is interruptible like a retry's: a stop (Ctrl-C, an abort) must not
     # wait out a long Retry-After pause, nor send a request granted after it.
+    quota_sleep = interruptible(hooks.stop, sleep)
+    # The quota is the participant's at this register, shared with every other job of it
+    # (resumed runs, concurrent ones, other hosts through Redis).
+    log = await stack.enter_async_context(
+        open_log(
+            settings.quota_store,
+            state_dir=settings.state_dir,
+            key=f"{settings.participant_id or ''}@{register_scope(settings)}",
+            clock=clock,
+            sleep=quota_sleep,
+            wait_s=settings.quota_store_wait_s,
+        )
+    )
     limiter = QuotaLimiter(
         count=count,
         period_s=period_s,
         margin_s=settings.quota_margin_s,
+        burst=parse_burst(settings.burst, count, period_s),
+        max_share=settings.max_share,
+        log=log,
         clock=clock,
-        sleep=interruptible(hooks.stop, sleep),
+        sleep=quota_sleep,
     )
-    tls = TlsSettings(
+    return concurrency, limiter
+
+
+def _tls(settings: Settings) -> TlsSettings:
+    return TlsSettings(
         client_cert=settings.client_cert,
         client_key=settings.client_key,
         ca_file=settings.ca_file,
         verify=not settings.insecure,
     )
-    async with contextlib.AsyncExitStack() as stack:
-        # The lock first (it creates the outcome directory, owner only): a run started on
-        # the directory of a live run is refused before it touches anything there.
-        stack.enter_context(run_lock(out_dir))
-        ledger = await stack.enter_async_context(Ledger(settings.state_dir / LEDGER_FILE))
-        await _take_directory(ledger, plan, out_dir, resume=resume, on_note=hooks.on_note)
-        if not resume:
-            _write_run_json(settings, plan, out_dir)
-        done, read_back = await _open_run(ledger, settings, plan, out_dir, resume)
-        hooks.on_start(plan.run_id, out_dir)
-        for note in unchecked_notes(plan, again=resume or plan.parent_run_id is not None):
-            hooks.on_note(note)
-        ep = await stack.enter_async_context(endpoints(settings))
-        warn_if_insecure(settings, ep)
-        session = await stack.enter_async_context(
-            make_session(tls=tls, concurrency=concurrency, timeout_s=settings.timeout_s)
-        )
-        submitter, tokens = _submitter(
-            settings,
-            plan,
-            ep,
-            session=session,
-            limiter=limiter,
-            ledger=ledger,
-            stop=hooks.stop,
-            clock=clock,
-            sleep=sleep,
-        )
-        sink = stack.enter_context(OutcomeSink(out_dir, append=resume))
-        engine = Engine(
-            run_id=plan.run_id,
-            preflight=preflight_for(settings, plan.kind),
-            submitter=submitter,
-            ledger=ledger,
-            sink=sink,
-            concurrency=concurrency,
-            stop=hooks.stop,
-            on_outcome=hooks.on_outcome,
-            force=plan.force,
-            skip_seqs=done,
-            read_back_seqs=read_back,
-            lineage=Lineage(plan.parent_run_id) if plan.parent_run_id else None,
-        )
+
+
+async def _run_stages(run: _Open, *, sleep: Sleep) -> Engine:
+    """The run's records through pre-flight and the workers, to their outcomes; the
+    metrics published meanwhile, if asked for."""
+    plan, hooks, metrics, settings = run.plan, run.hooks, run.metrics, run.settings
+    engine = Engine(
+        run_id=plan.run_id,
+        preflight=preflight_for(run.settings, plan.kind),
+        submitter=run.submitter,
+        ledger=run.ledger,
+        sink=run.sink,
+        concurrency=run.concurrency,
+        stop=hooks.stop,
+        on_outcome=hooks.on_outcome,
+        on_settled=lambda outcome, final: metrics.on_outcome(outcome, final=final),
+        # With no plan, every record is sent, as with --force.
+        force=plan.force or settings.plan == "none",
+        reader=run.reader,
+        carry_register_ids=settings.carry_register_ids,
+        skip_seqs=run.done,
+        read_back_seqs=run.read_back,
+        lineage=Lineage(plan.parent_run_id) if plan.parent_run_id else None,
+    )
+    async with asyncio.TaskGroup() as group:
+        publisher = None
+        if settings.metrics_file is not None or settings.metrics_push is not None:
+            publisher = group.create_task(
+                metrics.publish_every(
+                    settings.metrics_file,
+                    settings.metrics_push,
+                    settings.metrics_job,
+                    refresh=lambda current: _refresh(current, run),
+                    sleep=sleep,
+                )
+            )
         await engine.run(
             plan_items(
-                plan, ledger, on_diff=hooks.on_diff, on_note=hooks.on_note, stop=hooks.stop
+                plan, run.ledger, on_diff=hooks.on_diff, on_note=hooks.on_note, stop=hooks.stop
             )
         )
-        await ledger.flush()
-        counts = await ledger.outcome_counts(plan.run_id)
-        interrupted = hooks.stop.is_set() and engine.abort is None
-        status = "aborted" if engine.abort else ("interrupted" if interrupted else "finished")
-        summary: dict[str, Any] = {
-            "run_id": plan.run_id,
-            "status": status,
-            "kind": plan.kind.value,
-            "records": sum(counts.values()) + engine.not_sent,
-            **{o.value: counts.get(o.value, 0) for o in Outcome},
-            "not_sent": engine.not_sent,
-            "requests": submitter.counters.requests,
-            "http_429": submitter.counters.http_429,
-            "requests_by_status": dict(submitter.counters.by_status),
-            "token_replays": submitter.counters.token_replays,
-            "token_refreshes": tokens.refreshes,
-            "reconciliations": submitter.counters.reconciliations,
-            "rate_limit": settings.rate_limit,
-            "concurrency": concurrency,
-            "max_requests_in_window": limiter.max_in_window,
-            "started_at": started_wall.isoformat(),
-            "elapsed_s": round(time.monotonic() - started, 3),
-        }
-        if engine.abort is not None:
-            summary["abort_reason"] = str(engine.abort)
-        if (lost := hooks.lost_output()) is not None:
-            summary["stderr_lost"] = lost
-        if ep.simulator is not None:
-            summary["register"] = ep.simulator.stats()
-        sink.write_summary(summary)
-        await ledger.finish_run(plan.run_id, status=status, summary=summary)
-    return RunResult(plan.run_id, out_dir, summary, aborted=engine.abort, interrupted=interrupted)
+        if publisher is not None:
+            publisher.cancel()
+    await run.ledger.flush()
+    return engine
+
+
+def _refresh(metrics: RunMetrics, run: _Open) -> None:
+    """The gauges read from the run just before the metrics are published."""
+    counters = run.submitter.counters
+    # A request is counted when sent and again by its answer: the difference is on the wire.
+    metrics.set_in_flight(counters.requests - sum(counters.by_status.values()))
+    metrics.set_fullest_window(run.limiter.max_in_window)
+
+
+async def _summary(run: _Open, engine: Engine, *, started_at: datetime, started: float) -> Summary:
+    """The run's figures, its outcomes counted by the ledger."""
+    counts = await run.ledger.outcome_counts(run.plan.run_id)
+    status: RunStatus = "finished"
+    if engine.abort is not None:
+        status = "aborted"
+    elif run.hooks.stop.is_set():
+        status = "interrupted"
+    counters = run.submitter.counters
+    simulator = run.endpoints.simulator
+    return Summary(
+        run_id=run.plan.run_id,
+        status=status,
+        kind=run.plan.kind.value,
+        records=sum(counts.values()) + engine.not_sent,
+        accepted=counts.get(Outcome.ACCEPTED, 0),
+        conditional=counts.get(Outcome.CONDITIONAL, 0),
+        rejected=counts.get(Outcome.REJECTED, 0),
+        invalid=counts.get(Outcome.INVALID, 0),
+        failed=counts.get(Outcome.FAILED, 0),
+        skipped=counts.get(Outcome.SKIPPED, 0),
+        not_sent=engine.not_sent,
+        requests=counters.requests,
+        http_429=counters.http_429,
+        requests_by_status=dict(counters.by_status),
+        token_replays=counters.token_replays,
+        token_refreshes=run.tokens.refreshes,
+        reconciliations=counters.reconciliations,
+        rate_limit=run.settings.rate_limit,
+        concurrency=run.concurrency,
+        max_requests_in_window=run.limiter.max_in_window,
+        started_at=started_at.isoformat(),
+        elapsed_s=round(time.monotonic() - started, 3),
+        abort_reason=None if engine.abort is None else str(engine.abort),
+        stderr_lost=run.hooks.lost_output(),
+        register=None if simulator is None else simulator.stats(),
+    )

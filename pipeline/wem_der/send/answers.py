@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from wem_der.send.body import ApiAnswer
+
+
+def status_label(status: int | None) -> str:
+    """How a request is counted by its answer (summary.json, metrics): the HTTP status, or
+    "no answer" when the connection was dropped or refused or the request timed out."""
+    return str(status) if status is not None else "no answer"
 
 
 @dataclass
@@ -19,9 +25,12 @@ class Counters:
     token_replays: int = 0
     reconciliations: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
+    # Told of each answer as it is counted (the run's metrics).
+    on_answer: Callable[[int | None], None] = lambda status: None
 
     def saw(self, status: int | None) -> None:
-        self.by_status[str(status) if status is not None else "no answer"] += 1
+        self.by_status[status_label(status)] += 1
+        self.on_answer(status)
 
 
 @dataclass(frozen=True)
@@ -71,3 +80,10 @@ def first_error(answer: ApiAnswer) -> str:
         return ""
     error = answer.errors[0]
     return ": ".join(str(error[k]) for k in ("title", "detail") if error.get(k))
+
+
+def quoted_error(answer: ApiAnswer) -> str:
+    """` (title: detail)` of the answer's first error, to follow a status in a message; ""
+    when it has none."""
+    said = first_error(answer)
+    return f" ({said})" if said else ""

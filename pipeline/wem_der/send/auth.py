@@ -26,14 +26,17 @@ from pydantic import SecretStr
 from wem_der.errors import CredentialsRefused, Misconfigured, RunAborted
 from wem_der.send.answers import first_error
 from wem_der.send.body import ApiAnswer, parse_answer
+from wem_der.send.retry import RETRYABLE_EXCEPTIONS, full_jitter_s
 
 # AEMO tokens live about an hour; its documented example is 3599 s [spec].
 DEFAULT_LIFETIME_S = 3599.0
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
 
-# Failures worth another attempt: the network, the gateway's timeouts, a cut-short body.
-_TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
+# Failures worth another attempt: the network and timeouts, as for the register, and a
+# body cut short, which ApiClient.send re-types as a lost connection and this plain
+# session does not.
+_TRANSIENT: tuple[type[BaseException], ...] = (*RETRYABLE_EXCEPTIONS, aiohttp.ClientPayloadError)
 
 log = structlog.get_logger()
 
@@ -132,9 +135,9 @@ class TokenProvider:
                         f"the token endpoint {self._token_url} failed {attempt} times, last "
                         f"with {exc}; check the network and AEMO's status, then resume the run"
                     ) from exc
-                # Full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter").
-                cap = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
-                delay = self._rng.uniform(0.0, cap)
+                delay = full_jitter_s(
+                    attempt, base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, rng=self._rng
+                )
                 log.warning("auth.retry_scheduled", attempt=attempt, reason=str(exc), delay_s=delay)
                 await self._sleep(delay)
         # A lifetime shorter than the margin would refresh on every call: cap the margin.

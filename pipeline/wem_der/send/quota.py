@@ -9,11 +9,19 @@ replay, from the first second of a run; and with work waiting, steady state uses
 A leaky bucket cannot give that: its burst and its drip add up, so
 `aiolimiter.AsyncLimiter(6000, 60)` admits about 12,000 requests in the first minute
 (docs/pitfalls.md, "Rate limiting"). This module keeps an exact sliding-window log instead,
-the start time of every request still inside the window:
+the start time of every request still inside the window, in a `QuotaLog` that every job
+of the participant may share (send/quota_store.py: this process, this host, or Redis):
 
-    acquire() --nobody queued and room now--> record the start, return (no lock, no await)
-              --otherwise--> FIFO lock --> sleep exactly until the oldest start leaves the
-                             window, the pause ends or a recovering limit rises; re-check
+    acquire() --nobody queued and the log grants--> return (no lock)
+              --otherwise--> FIFO lock --> sleep exactly until the log's oldest start
+                             leaves the window, the pause ends or a recovering limit
+                             rises; ask again
+
+Besides COUNT per period, an optional ceiling (`burst`, such as 100 per second) keeps
+every shorter window smooth: a gateway that arrests spikes refuses a second that holds
+more than the quota's average rate, even when the minute has room. aiolimiter's bucket
+cannot hold that ceiling exactly either (the same burst-plus-drip sum), so the ceiling is
+a second window of the same log.
 
 Take the limiter once per HTTP attempt, inside the retry loop, right before the bytes
 leave: the server counts attempts, not records.
@@ -28,8 +36,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from wem_der.send.quota_store import Ask, MemoryLog, QuotaLog
+
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)\s*([sm]?)\s*", re.IGNORECASE)
 _UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0}
+# A shared pause that ends later than this job's own by more than this is another job's:
+# the log's clock and this one differ by the time a grant takes to reach it.
+_PAUSE_SLACK_S = 0.01
 
 
 def parse_rate(text: str) -> tuple[int, float]:
@@ -47,16 +60,35 @@ def parse_rate(text: str) -> tuple[int, float]:
     return count, period_s
 
 
+def parse_burst(text: str | None, count: int, period_s: float) -> tuple[int, float] | None:
+    """The per-second ceiling a quota runs under: `text` as `COUNT/PERIOD` ("100/1s"),
+    "off" for none, or None for the quota's average rate over one second (100 per second
+    at 6000/60s, never below 1). A ceiling no stricter than the quota itself is none."""
+    if text is not None and text.strip().lower() == "off":
+        return None
+    burst = parse_rate(text) if text is not None else (max(1, math.ceil(count / period_s)), 1.0)
+    # A window no longer than the quota's lies inside one of the quota's windows: allowed
+    # COUNT or more, it never binds (the default at 20/1s is 20/1s).
+    if burst[1] <= period_s and burst[0] >= count:
+        return None
+    return burst
+
+
 class QuotaLimiter:
     """Let at most `limit` requests start in any window of `period_s + margin_s` seconds.
 
     `limit` is `count` until a 429 arrives (`throttled`); it then drops by
     `decrease_factor` (never below `min_fraction * count`) and climbs back linearly to
     `count` over `recovery_s`. `pause_for` stops every start until a moment has passed.
+    `burst` (count, seconds) adds a ceiling on any shorter window, lowered with the limit;
+    `max_share` caps this job's own starts at that fraction of the limit. `log` holds the
+    starts, shared with other jobs or not (a `MemoryLog` of this process by default).
     The clock must never go backwards; `sleep` must sleep for (at least) the given time.
     """
 
     __slots__ = (
+        "_burst",
+        "_burst_window_s",
         "_clock",
         "_count",
         "_decrease",
@@ -64,15 +96,17 @@ class QuotaLimiter:
         "_full_at",
         "_granted",
         "_lock",
+        "_log",
         "_low",
         "_max_in_window",
+        "_max_share",
         "_paused_until",
         "_period_s",
         "_queued",
         "_recent",
         "_recovery_s",
+        "_share_until",
         "_sleep",
-        "_starts",
         "_step_s",
         "_throttled_at",
         "_window_s",
@@ -87,6 +121,9 @@ class QuotaLimiter:
         min_fraction: float = 0.1,
         decrease_factor: float = 0.7,
         recovery_s: float | None = None,
+        burst: tuple[int, float] | None = None,
+        max_share: float | None = None,
+        log: QuotaLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -101,6 +138,10 @@ class QuotaLimiter:
             raise ValueError("min_fraction must be in (0, 1] and decrease_factor in (0, 1)")
         if not recovery_s > 0:
             raise ValueError(f"recovery_s must be > 0, not {recovery_s}")
+        if burst is not None and (burst[0] < 1 or not burst[1] > 0):
+            raise ValueError(f"burst {burst} must allow at least 1 request per period > 0")
+        if max_share is not None and not 0 < max_share <= 1:
+            raise ValueError(f"max_share must be in (0, 1], not {max_share}")
         self._count = count
         self._period_s = period_s
         # The client stamps a start when the request leaves; the server counts it when it
@@ -110,16 +151,25 @@ class QuotaLimiter:
         # absorbs up to margin_s of such jitter. It costs margin_s / (period_s + margin_s)
         # of the quota: 0.17% at 6000/60s with the default 0.1 s.
         self._window_s = period_s + margin_s
+        self._burst = burst[0] if burst else None
+        # The ceiling's window is stretched by the same fraction as the quota's, so that in
+        # steady state it allows exactly the quota's rate (100 per 1.0017 s at 6000/60s)
+        # and never costs throughput; a margin as long as the quota's (0.1 s in 1 s) would
+        # cost a tenth of it.
+        self._burst_window_s = burst[1] * self._window_s / period_s if burst else 1.0
+        self._max_share = max_share
         self._floor = max(1, math.ceil(min_fraction * count))
         self._decrease = decrease_factor
         self._recovery_s = recovery_s
         self._clock = clock
         self._sleep = sleep
-        self._starts: deque[float] = deque()  # starts within the last window_s, oldest first
-        self._recent: deque[float] = deque()  # starts within the last period_s (max_in_window)
+        self._log: QuotaLog = MemoryLog(clock) if log is None else log
+        self._recent: deque[float] = deque()  # own starts within the last period_s
         self._max_in_window = 0
         self._granted = 0
         self._paused_until = -math.inf
+        # A pause not yet told to the log (a 429's): the next grant carries it to every job.
+        self._share_until = -math.inf
         self._queued = 0  # acquirers on the slow path; while > 0 nobody may skip the queue
         # asyncio.Lock hands over in FIFO order and wakes one waiter at a time: only the
         # head of the queue sleeps on the clock, so a reopening window wakes no herd.
@@ -148,17 +198,18 @@ class QuotaLimiter:
 
     async def acquire(self) -> None:
         """Return when one request may start now, having recorded its start."""
-        # Fast path: with nobody queued, a free slot is taken without a lock or an await.
-        if not self._queued and self._grant_or_wait(self._clock()) == 0.0:
+        # Fast path: with nobody queued, a start the log grants at once takes no lock.
+        if not self._queued and await self._grant_or_wait() == 0.0:
             return
         self._queued += 1
         try:
             async with self._lock:
-                # Each wait is computed exactly; the loop re-checks because a pause, a
-                # throttle or a rising limit may have changed the answer meanwhile, and
-                # because asyncio may fire a timer up to one clock resolution early. A
-                # cancelled sleep leaves nothing recorded, and the lock passes on.
-                while (wait := self._grant_or_wait(self._clock())) > 0.0:
+                # Each wait is computed exactly; the loop asks again because a pause, a
+                # throttle, a rising limit or another job may have changed the answer
+                # meanwhile, and because asyncio may fire a timer up to one clock
+                # resolution early. A cancelled sleep leaves nothing recorded, and the
+                # lock passes on.
+                while (wait := await self._grant_or_wait()) > 0.0:
                     await self._sleep(wait)
         finally:
             self._queued -= 1
@@ -167,7 +218,9 @@ class QuotaLimiter:
         """Hold every start until `seconds` from now (a Retry-After); never shorten a pause."""
         if not math.isfinite(seconds):
             raise ValueError(f"pause of {seconds} s: clamp a Retry-After before pausing")
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
+        until = self._clock() + seconds
+        self._paused_until = max(self._paused_until, until)
+        self._share_until = max(self._share_until, until)
 
     def throttled(self) -> None:
         """A 429 arrived: lower the limit by `decrease_factor`, once per overshoot."""
@@ -186,31 +239,49 @@ class QuotaLimiter:
         self._step_s = self._recovery_s / (self._count - low)
         self._full_at = now + self._recovery_s
 
-    def _grant_or_wait(self, now: float) -> float:
-        """Record a start and return 0.0 if one may start at `now`, else how long to wait (> 0)."""
-        if now < self._paused_until:
+    async def _grant_or_wait(self) -> float:
+        """Record a start and return 0.0 if one may start now, else how long to wait (> 0)."""
+        now = self._clock()
+        sharing = self._share_until
+        share_s = sharing - now
+        # While paused, the log need not be asked, unless the pause is still to be shared.
+        if now < self._paused_until and share_s <= 0:
             return self._paused_until - now
-        starts, window_s = self._starts, self._window_s
-        # A start at t is in the window (now - window_s, now] while t + window_s > now. The
-        # wait below uses the same sum, so the wake-up time and this test agree exactly
-        # and a waiter never wakes to find the slot still taken by rounding.
-        while starts and starts[0] + window_s <= now:
-            starts.popleft()
         limit = self._limit_at(now)
-        excess = len(starts) - limit
-        if excess < 0:
+        taken = await self._log.take(
+            Ask(
+                limit=limit,
+                window_s=self._window_s,
+                # Lowered with the limit: after a 429 from a gateway that counts seconds,
+                # a ceiling left at its height would earn the next one.
+                burst=None if self._burst is None else max(1, self._burst * limit // self._count),
+                burst_window_s=self._burst_window_s,
+                share=None if self._max_share is None else max(1, int(self._max_share * limit)),
+                pause_s=max(0.0, share_s),
+            )
+        )
+        # Told, unless a longer pause came while the log was asked: that one is the next's.
+        if share_s > 0 and self._share_until == sharing:
+            self._share_until = -math.inf
+        if taken.paused_s > 0:
+            now = self._clock()
+            # Another job's 429 (a pause longer than this job's own): it means the rate is
+            # too high for everyone, so this job lowers its own too.
+            if now + taken.paused_s > self._paused_until + _PAUSE_SLACK_S:
+                self._paused_until = now + taken.paused_s
+                self.throttled()
+            return max(taken.paused_s, self._paused_until - now)
+        if taken.wait_s == 0.0:
             self._record(now)
             return 0.0
-        # Full: a slot opens when the (excess+1)th oldest start leaves the window (the
-        # oldest, unless a throttle lowered the limit), or sooner if the limit rises.
-        wait = starts[excess] + window_s - now
+        wait = taken.wait_s
         if limit < self._count:
             wait = min(wait, self._throttled_at + (limit - self._low + 1) * self._step_s - now)
         return wait
 
     def _record(self, now: float) -> None:
-        """Log a start at `now` and update the exact sliding maximum over windows of period_s."""
-        self._starts.append(now)
+        """Count a start at `now` and update the exact sliding maximum of this job's own
+        starts over windows of period_s."""
         self._granted += 1
         # A window's population is largest when it ends on a start, so checking the
         # window (now - period_s, now] at each start gives the exact maximum, in O(1)

@@ -1,18 +1,22 @@
 """Which failures retry, and how long to wait.
 
     HTTP status --classify()--> Verdict: DONE | RETRY | REFRESH_TOKEN | TERMINAL | STOP_RUN
+    an answer to a write, in its context --decide()--> Meaning: what it means for the record
     exception   --isinstance(exc, RETRYABLE_EXCEPTIONS)--> retry; anything else propagates
     a retry     --Budget.next_delay()--> seconds to wait, or None: the record's budget is spent
 
 The status table follows AEMO's WEM DER API Reference as docs/aemo-contract.md states it
-("Responses and statuses"). Waits use exponential backoff with full jitter, and a
-Retry-After, when the server sends one, is a floor under the wait. Sleeping and the quota
-are the caller's business: every attempt, retries included, goes through the limiter.
+("Responses and statuses"). `decide` is the one place that says what an answer to a write
+means: the status table, refined by what the status alone cannot tell (the action, the
+register's known refusals, a replay, the 403s before it); the submitter acts on its answer.
+Waits use exponential backoff with full jitter (`full_jitter_s`, for every retry loop of
+the package), and a Retry-After, when the server sends one, is a floor under the wait.
+Sleeping and the quota are the caller's business: every attempt, retries included, goes
+through the limiter.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 from collections.abc import Callable
@@ -22,6 +26,8 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 import aiohttp
+
+from wem_der.records.outcomes import Action
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +50,24 @@ class RetryPolicy:
                 raise ValueError(f"{name} must be a number >= 0, not {getattr(self, name)}")
 
     def backoff_s(self, attempt: int, rng: random.Random) -> float:
-        """The wait after failed attempt number `attempt` (1-based), drawn with full jitter.
+        """The wait after failed attempt number `attempt` (1-based), drawn with full jitter."""
+        return full_jitter_s(attempt, base_s=self.base_delay_s, cap_s=self.max_delay_s, rng=rng)
 
-        Full jitter, uniform(0, min(max_delay, base * 2**(attempt-1))), spreads the retries
-        of workers that failed together instead of bunching them into waves; see Marc
-        Brooker, "Exponential Backoff And Jitter", AWS Architecture Blog, 2015.
-        """
-        if attempt < 1:
-            raise ValueError(f"attempt numbers start at 1, not {attempt}")
-        try:
-            ceiling = min(self.max_delay_s, self.base_delay_s * 2.0 ** (attempt - 1))
-        except OverflowError:  # 2.0**1024 and beyond: long past max_delay_s anyway
-            ceiling = self.max_delay_s
-        return rng.uniform(0.0, ceiling)
+
+def full_jitter_s(attempt: int, *, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """The wait after failed attempt number `attempt` (1-based): uniform(0, min(cap_s,
+    base_s * 2**(attempt-1))).
+
+    Drawing over the whole ceiling (full jitter) spreads the retries of callers that
+    failed together instead of bunching them into waves.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt numbers start at 1, not {attempt}")
+    try:
+        ceiling = min(cap_s, base_s * 2.0 ** (attempt - 1))
+    except OverflowError:  # 2.0**1024 and beyond: long past cap_s anyway
+        ceiling = cap_s
+    return rng.uniform(0.0, ceiling)
 
 
 class Verdict(StrEnum):
@@ -78,13 +89,12 @@ _STOP_RUN_STATUSES = frozenset({405, 411, 415})
 
 
 def classify(status: int) -> Verdict:
-    """Map an HTTP status to a Verdict.
+    """Map an HTTP status to a Verdict, by status alone.
 
-    By status alone: the caller reads the answer too. 404 comes back TERMINAL ("ID not
-    found" for one NMI's update); on a create, or worded otherwise, it means a wrong URL,
-    and the caller escalates it to STOP_RUN, as it does a 2xx whose body is not the
-    register's JSON. 403 is TERMINAL for the record; 403s across records are the caller's
-    cue to stop the run.
+    `decide` refines it with what else is known of a write's answer: 404 is TERMINAL here
+    ("ID not found" for one NMI's update), but on a create, or worded otherwise, it means a
+    wrong URL; a 2xx whose body is not the register's JSON stops the run; 403 is TERMINAL
+    for the record, and 403s across records stop the run.
     """
     if not 100 <= status <= 599:
         raise ValueError(f"{status} is not an HTTP status code (100-599)")
@@ -104,11 +114,80 @@ def classify(status: int) -> Verdict:
     return Verdict.STOP_RUN
 
 
-# Dropped or refused connections and timeouts. aiohttp's ServerTimeoutError is both a
-# ClientConnectionError and an asyncio.TimeoutError. Never bare Exception: a bug must surface.
+class Meaning(StrEnum):
+    """What one answer to a write means for its record, in context (`decide`)."""
+
+    ACCEPTED = "accepted"  # stored (read the body for second-level exceptions)
+    RETRY = "retry"  # a transient failure: wait, then write again
+    THROTTLED = "throttled"  # 429: the quota was overrun; every worker pauses
+    # 401: refresh the token and replay at once. S105 mistakes this for a password.
+    REFRESH_TOKEN = "refresh_token"  # noqa: S105
+    REFRESH_FAILED = "refresh_failed"  # 401 again on the replay with a fresh token: failed
+    CREATE_INSTEAD = "create_instead"  # an upsert's update found no record: create it
+    UPDATE_INSTEAD = "update_instead"  # an upsert's create found one: update it
+    NO_RECORD = "no_record"  # an update of an NMI with no record: rejected
+    ALREADY_EXISTS = "already_exists"  # a create of an NMI with a record: rejected
+    FORBIDDEN = "forbidden"  # 403: rejected, one more in a row
+    REJECTED = "rejected"  # the record itself is refused; retrying cannot help
+    # The client is misconfigured; more requests would burn the batch: the run stops.
+    WRONG_URL = "wrong_url"  # a 404 that names no missing record
+    NOT_THE_REGISTER = "not_the_register"  # a 2xx without the register's JSON object
+    MISCONFIGURED = "misconfigured"  # a status no request of a sound client gets
+    FORBIDDEN_EVERYWHERE = "forbidden_everywhere"  # too many 403s in a row
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """One answer to a write, with what `decide` needs to know around it."""
+
+    status: int
+    action: Action  # the write it answers: CREATE or UPDATE
+    upsert: bool  # the run picks create or update for each record, so it may switch
+    json_object: bool  # the body is a JSON object, as every answer of the register is
+    replayed: bool  # the write was a replay with a token refreshed after a 401
+    already_exists: bool  # the register's "this NMI already has a record" (KnownRefusal)
+    record_missing: bool  # the register's "no record for this NMI" (KnownRefusal)
+    forbidden_streak: int  # 403s in a row, across records, before this answer
+    stop_after_forbidden: int  # the length of that streak that stops the run
+
+
+def decide(answer: Answered) -> Meaning:
+    """What `answer` means for its record: `classify`, refined by its context."""
+    status = answer.status
+    verdict = classify(status)
+    if status == 404:
+        # A create names no record that could be missing, and an update's 404 that is not
+        # the register's "ID not found" came from a path nobody serves.
+        if answer.action is Action.CREATE or not answer.record_missing:
+            return Meaning.WRONG_URL
+        return Meaning.CREATE_INSTEAD if answer.upsert else Meaning.NO_RECORD
+    if verdict is Verdict.DONE:
+        # The register answers every call with a JSON object [spec]. A 2xx of HTML, text
+        # or nothing came from something else (a wrong host, a proxy's page), and counting
+        # it accepted would make later runs skip a record it never saw.
+        return Meaning.ACCEPTED if answer.json_object else Meaning.NOT_THE_REGISTER
+    if verdict is Verdict.REFRESH_TOKEN:
+        return Meaning.REFRESH_FAILED if answer.replayed else Meaning.REFRESH_TOKEN
+    if verdict is Verdict.RETRY:
+        # AEMO may throttle with 503 too [guess]; only a 429 says the quota was overrun.
+        return Meaning.THROTTLED if status == 429 else Meaning.RETRY
+    if verdict is Verdict.STOP_RUN:
+        return Meaning.MISCONFIGURED
+    if answer.action is Action.CREATE and answer.already_exists:
+        return Meaning.UPDATE_INSTEAD if answer.upsert else Meaning.ALREADY_EXISTS
+    if status == 403:
+        if answer.forbidden_streak + 1 >= answer.stop_after_forbidden:
+            return Meaning.FORBIDDEN_EVERYWHERE
+        return Meaning.FORBIDDEN
+    return Meaning.REJECTED
+
+
+# Dropped or refused connections and timeouts, for every retry loop of the package.
+# aiohttp's ServerTimeoutError is both a ClientConnectionError and a TimeoutError. Never
+# bare Exception: a bug must surface.
 RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectionError,
-    asyncio.TimeoutError,
+    TimeoutError,
 )
 
 _DELAY_SECONDS = re.compile(r"\d+(?:\.\d+)?")

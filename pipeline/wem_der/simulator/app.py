@@ -14,9 +14,10 @@ reaches it, whatever the backend then answers.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 from wem_der.simulator import installation, introspection, nmi, oauth
 from wem_der.simulator.envelope import ApiError, flat, json_response, transaction_id
@@ -148,11 +149,14 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def create_app(state: SimState) -> web.Application:
-    """The application serving the three APIs and `/_sim` from `state`."""
+def create_app(state: SimState, *, middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """The application serving the three APIs and `/_sim` from `state`; `middlewares` run
+    around the gateway, the first outermost."""
     # The body limit is enforced by `body.read_json` with AEMO's answers; aiohttp's own
     # limit only has to let such a body through.
-    app = web.Application(middlewares=[gateway], client_max_size=state.settings.max_body_bytes + 1)
+    app = web.Application(
+        middlewares=[*middlewares, gateway], client_max_size=state.settings.max_body_bytes + 1
+    )
     app[STATE] = state
     add = app.router.add_route
     inst = INSTALLATION_PREFIX + "/installation"

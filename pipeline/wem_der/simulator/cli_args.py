@@ -8,12 +8,13 @@ Fault flags override the same keys of a `--faults` profile file.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import click
 from pydantic import SecretStr
 
 from wem_der.simulator.settings import FaultProfile, SimulatorSettings
@@ -21,7 +22,7 @@ from wem_der.simulator.settings import FaultProfile, SimulatorSettings
 SECRET_ENV = "WEMDER_SIM_CLIENT_SECRET"  # noqa: S105 -- a variable name, not a secret
 _QUOTA = re.compile(r"(?P<count>\d+)/(?P<period>\d+(?:\.\d+)?)s?")
 
-# flag dest -> FaultProfile field, for the flags that override a profile file.
+# The flags that override the same FaultProfile field of a profile file.
 _FAULT_FLAGS = (
     "latency_ms",
     "jitter_ms",
@@ -35,90 +36,99 @@ _FAULT_FLAGS = (
 )
 
 
-def _quota(text: str) -> tuple[int, float]:
+def _quota(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int, float]:
     match = _QUOTA.fullmatch(text.strip())
     if match is None:
-        raise argparse.ArgumentTypeError(f"expected COUNT/PERIOD such as 6000/60s, not {text!r}")
+        raise click.BadParameter(f"expected COUNT/PERIOD such as 6000/60s, not {text!r}")
     return int(match["count"]), float(match["period"])
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the simulator's flags to `parser`."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any)")
-    parser.add_argument("--client-id", default="local-client", help="OAuth client id")
-    parser.add_argument(
-        "--client-secret-file",
-        type=Path,
-        help=f"file holding the client secret (else ${SECRET_ENV}; else any secret is accepted)",
-    )
-    parser.add_argument("--token-lifetime-s", type=int, default=3600)
-    parser.add_argument(
-        "--quota",
-        type=_quota,
-        default=(6000, 60.0),
-        metavar="COUNT/PERIOD",
-        help="requests allowed per sliding window, e.g. 6000/60s or 300/3s",
-    )
-    parser.add_argument("--db", type=Path, help="SQLite file keeping records across restarts")
-    parser.add_argument("--faults", type=Path, metavar="PROFILE.toml", help="fault profile")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
-    parser.add_argument(
-        "--require-nmi-first",
-        action="store_true",
-        help="refuse an installation whose NMI record does not exist (422)",
-    )
-    parser.add_argument("--create-status", type=int, choices=(200, 201), default=200)
-    parser.add_argument(
-        "--allowed-participant",
-        action="append",
-        metavar="ID",
-        help="answer 403 to any other X-initiatingParticipantID (repeatable)",
-    )
-    faults = parser.add_argument_group("faults (override the profile file)")
-    for name in ("latency_ms", "jitter_ms"):
-        faults.add_argument("--" + name.replace("_", "-"), type=float, dest=name)
-    for name in (
-        "throttle_rate",
-        "error_rate_500",
-        "error_rate_503",
-        "drop_rate",
-        "applied_then_dropped_rate",
-    ):
-        faults.add_argument("--" + name.replace("_", "-"), type=float, dest=name, metavar="P")
-    faults.add_argument("--retry-after", choices=("absent", "seconds", "http-date"))
-    faults.add_argument("--retry-after-s", type=float)
+def simulator_options() -> list[click.Parameter]:
+    """The simulator's flags, for a command of `wem-der` or of a benchmark."""
+    path = click.Path(path_type=Path)
+    return [
+        click.Option(["--host"], default="127.0.0.1", help="address to listen on"),
+        click.Option(["--port"], type=int, default=8080, help="port to listen on (0: any)"),
+        click.Option(["--client-id"], default="local-client", help="OAuth client id"),
+        click.Option(
+            ["--client-secret-file"],
+            type=path,
+            help=f"file holding the client secret (else ${SECRET_ENV}; else any secret is "
+            "accepted)",
+        ),
+        click.Option(["--token-lifetime-s"], type=int, default=3600),
+        click.Option(
+            ["--quota"],
+            default="6000/60s",
+            callback=_quota,
+            metavar="COUNT/PERIOD",
+            help="requests allowed per sliding window, e.g. 6000/60s or 300/3s",
+        ),
+        click.Option(["--db"], type=path, help="SQLite file keeping records across restarts"),
+        click.Option(
+            ["--faults"],
+            type=path,
+            metavar="PROFILE.toml",
+            help="fault profile; the fault flags from --latency-ms on override its keys",
+        ),
+        click.Option(["--seed"], type=int, default=0, help="seed of the fault draws"),
+        click.Option(
+            ["--require-nmi-first"],
+            is_flag=True,
+            help="refuse an installation whose NMI record does not exist (422)",
+        ),
+        click.Option(["--create-status"], type=click.Choice([200, 201]), default=200),
+        click.Option(
+            ["--allowed-participant"],
+            multiple=True,
+            metavar="ID",
+            help="answer 403 to any other X-initiatingParticipantID (repeatable)",
+        ),
+        # Faults: each overrides the same key of the --faults profile file.
+        click.Option(["--latency-ms"], type=float),
+        click.Option(["--jitter-ms"], type=float),
+        *(
+            click.Option(["--" + name.replace("_", "-")], type=float, metavar="P")
+            for name in (
+                "throttle_rate",
+                "error_rate_500",
+                "error_rate_503",
+                "drop_rate",
+                "applied_then_dropped_rate",
+            )
+        ),
+        click.Option(["--retry-after"], type=click.Choice(["absent", "seconds", "http-date"])),
+        click.Option(["--retry-after-s"], type=float),
+    ]
 
 
-def _secret(ns: argparse.Namespace) -> SecretStr | None:
-    if ns.client_secret_file is not None:
-        return SecretStr(ns.client_secret_file.read_text(encoding="utf-8").strip())
+def _secret(options: Mapping[str, Any]) -> SecretStr | None:
+    if options["client_secret_file"] is not None:
+        return SecretStr(options["client_secret_file"].read_text(encoding="utf-8").strip())
     value = os.environ.get(SECRET_ENV)
     return SecretStr(value) if value else None
 
 
-def settings_from_args(ns: argparse.Namespace) -> SimulatorSettings:
-    """Settings from parsed flags (and the secret's file or environment)."""
-    profile = FaultProfile.from_file(ns.faults) if ns.faults else FaultProfile()
-    overrides: dict[str, Any] = {
-        name: getattr(ns, name) for name in _FAULT_FLAGS if getattr(ns, name) is not None
-    }
+def settings_from_args(options: Mapping[str, Any]) -> SimulatorSettings:
+    """Settings from parsed flags, by name (and the secret's file or environment)."""
+    profile = FaultProfile.from_file(options["faults"]) if options["faults"] else FaultProfile()
+    overrides = {name: options[name] for name in _FAULT_FLAGS if options[name] is not None}
     if overrides:
         profile = FaultProfile.model_validate({**profile.model_dump(), **overrides})
-    count, period = ns.quota
-    allowed = frozenset(ns.allowed_participant) if ns.allowed_participant else None
+    count, period = options["quota"]
+    allowed = options["allowed_participant"]
     return SimulatorSettings(
-        host=ns.host,
-        port=ns.port,
-        client_id=ns.client_id,
-        client_secret=_secret(ns),
-        token_lifetime_s=ns.token_lifetime_s,
+        host=options["host"],
+        port=options["port"],
+        client_id=options["client_id"],
+        client_secret=_secret(options),
+        token_lifetime_s=options["token_lifetime_s"],
         quota_count=count,
         quota_period_s=period,
-        db_path=ns.db,
-        seed=ns.seed,
+        db_path=options["db"],
+        seed=options["seed"],
         faults=profile,
-        require_nmi_first=ns.require_nmi_first,
-        create_status=ns.create_status,
-        allowed_participants=allowed,
+        require_nmi_first=options["require_nmi_first"],
+        create_status=options["create_status"],
+        allowed_participants=frozenset(allowed) if allowed else None,
     )

@@ -40,9 +40,11 @@ def transaction_id() -> str:
 
 
 def json_response(
-    status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    status: int,
+    body: Mapping[str, Any] | list[Any],
+    headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """An application/json response serialised with orjson."""
+    """An application/json response serialised with orjson (a list: a search's bare answer)."""
     return web.Response(
         status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
     )

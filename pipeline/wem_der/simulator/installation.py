@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from wem_der.simulator.body import read_json
-from wem_der.simulator.envelope import ApiError, success
+from wem_der.simulator.envelope import ApiError, json_response, success
 from wem_der.simulator.records import history_entries, perth_now, stamp_installation
 from wem_der.simulator.rules import Operation, RuleContext
 from wem_der.simulator.search import parse_query, search
@@ -28,10 +28,14 @@ def _ok(status: int, version: Version) -> web.Response:
     return success(status, data=version.record, exceptions=version.exceptions)
 
 
-def _apply(
+def apply(
     state: SimState, record: JsonObject, operation: Operation, previous: Version | None
 ) -> Version:
-    """Run the rules on a validated record and store it; 422 if a first-level rule fails."""
+    """Run the rules on a validated record and store it; 422 if a first-level rule fails.
+
+    What a create or an update does once its body is read; `testing.prefill` uses it to
+    fill a register without requests.
+    """
     moment = perth_now()
     nmi = record["nmi"]
     store = state.store
@@ -65,7 +69,7 @@ async def create(request: web.Request) -> web.Response:
     body = await read_json(request, state.settings.max_body_bytes)
     record = state.schema.check("installation.create", body)["data"]
     previous = state.store.installation(record["nmi"])
-    version = _apply(state, record, "installation.create", previous)
+    version = apply(state, record, "installation.create", previous)
     return _ok(state.settings.create_status, version)
 
 
@@ -82,7 +86,7 @@ async def update(request: web.Request) -> web.Response:
     previous = state.store.installation(nmi)
     if previous is None:
         raise _not_found()
-    return _ok(200, _apply(state, record, "installation.update", previous))
+    return _ok(200, apply(state, record, "installation.update", previous))
 
 
 async def get(request: web.Request) -> web.Response:
@@ -102,6 +106,9 @@ async def history(request: web.Request) -> web.Response:
 
 
 async def find(request: web.Request) -> web.Response:
-    """GET /installation?...: search the current versions."""
-    query = parse_query(request.query)
-    return success(200, **search(request.app[STATE].store, query))
+    """GET /installation?...: search the current versions (see search.py for the answer)."""
+    state = request.app[STATE]
+    page = search(state.store, parse_query(request.query))
+    if state.settings.search_answer == "list":
+        return json_response(200, page.records)
+    return success(200, **page.envelope())

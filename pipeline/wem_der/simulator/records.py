@@ -4,10 +4,12 @@ AEMO's responses carry `recordCreationDate` / `recordUpdateDate` (installation, 
 device and their `details`), `connectionId` / `deviceId` (assigned by the register),
 `installationStage` and `recordConfirmedDate` per connection and device [spec]. How a PUT
 maps the submitted connections onto the stored ones is undocumented [guess]: here a
-connection (or device) with an `nspConnectionId` (`nspDeviceId`) keeps the ids and creation
+connection (or device) that carries the `connectionId` (`deviceId`) of a stored one updates
+that one; else one with an `nspConnectionId` (`nspDeviceId`) keeps the ids and creation
 date of the stored one with the same value, and one without keeps those of the stored one at
-the same position. A connection or device touched by a second-level finding is
-"Conditional", every other one "Confirmed" [doc].
+the same position. An id that names no stored connection (device) is replaced by a new one.
+A connection or device touched by a second-level finding is "Conditional", every other one
+"Confirmed" [doc].
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ def perth_now() -> datetime:
     return datetime.now(UTC).astimezone(PERTH)
 
 
-def _match(item: JsonObject, index: int, previous: list[JsonObject], key: str) -> JsonObject | None:
+def _match(
+    item: JsonObject, index: int, previous: list[JsonObject], kind: IdKind, key: str
+) -> JsonObject | None:
+    carried = item.get(f"{kind}Id")
+    if carried is not None:
+        found = next((p for p in previous if p[f"{kind}Id"] == carried), None)
+        if found is not None:
+            return found
     wanted = item.get(key)
     if wanted is not None:
         return next((p for p in previous if p.get(key) == wanted), None)
@@ -77,12 +86,12 @@ def stamp_installation(
     devices_hit = {(f.connection, f.device) for _, f in findings if f.device is not None}
     old_connections: list[JsonObject] = (previous or {}).get("acConnections") or []
     for i, conn in enumerate(record.get("acConnections") or ()):
-        before = _match(conn, i, old_connections, "nspConnectionId")
+        before = _match(conn, i, old_connections, "connection", "nspConnectionId")
         hit = everywhere or i in connections_hit
         _stamp(conn, before, "connection", next_id, conditional=hit, now=now)
         old_devices: list[JsonObject] = (before or {}).get("devices") or []
         for j, device in enumerate(conn.get("devices") or ()):
-            device_before = _match(device, j, old_devices, "nspDeviceId")
+            device_before = _match(device, j, old_devices, "device", "nspDeviceId")
             hit = (i, j) in devices_hit
             _stamp(device, device_before, "device", next_id, conditional=hit, now=now)
     record["recordCreationDate"] = previous["recordCreationDate"] if previous else now

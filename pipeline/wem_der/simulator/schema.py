@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from wem_der.simulator.envelope import SCHEMA_CODE, ApiError
 from wem_der.simulator.rules import Operation
@@ -175,9 +175,17 @@ class _ApiTable(BaseModel):
 
     required: frozenset[str] = frozenset()
     server_maintained: frozenset[str] = frozenset()
+    kept_on_update: frozenset[str] = frozenset()  # of server_maintained
     whole_numbers: frozenset[str] = frozenset()
     formats: dict[str, str] = {}
     enumerations: dict[str, str] = {}  # field -> the name of a set
+
+    @model_validator(mode="after")
+    def _kept_are_maintained(self) -> _ApiTable:
+        stray = sorted(self.kept_on_update - self.server_maintained)
+        if stray:
+            raise ValueError(f"kept_on_update names fields not server_maintained: {stray}")
+        return self
 
 
 class _Table(BaseModel):
@@ -246,6 +254,7 @@ class _Builder:
         """Refuse a table entry that names nothing in the definitions."""
         named = {
             *self.table.server_maintained,
+            *self.table.kept_on_update,
             *self.table.whole_numbers,
             *self.table.formats,
             *self.table.enumerations,
@@ -331,6 +340,10 @@ class BodySchema:
         roots: dict[Operation, _Node] = {}
         for operation, example in _examples().items():
             api = table.installation if operation.startswith("installation.") else table.nmi
+            if operation.endswith(".update"):
+                api = api.model_copy(
+                    update={"server_maintained": api.server_maintained - api.kept_on_update}
+                )
             try:
                 builder = _Builder(api, table.sets)
                 roots[operation] = builder.node(example, "", "")

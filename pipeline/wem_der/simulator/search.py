@@ -1,11 +1,13 @@
 """`GET /installation?...`: filters and pages over the current installations.
 
-At least one filter is required and pageSize is 25, 50 or 100 [spec]. AEMO documents the
-answer only as a list of records; the pagination metadata here is our guess:
-`{"transactionId", "data": [...], "page", "pageSize", "totalPages", "totalRecords"}`.
-Also guessed: an unknown query parameter is a 400 (so a misspelt filter cannot silently
-widen a search), a page past the last is an empty `data`, and filters combine with AND,
-each matching when any connection (or device) of the installation matches.
+At least one filter is required, `nmi` is a comma-separated list and pageSize is 25, 50 or
+100 [spec]. AEMO documents the answer only as a bare list of records, which the simulator
+gives with `search_answer = "list"`; the default envelope, with pagination metadata, is
+our guess: `{"transactionId", "data": [...], "page", "pageSize", "totalPages",
+"totalRecords"}`. Also guessed: an unknown query parameter is a 400 (so a misspelt filter
+cannot silently widen a search), a page past the last is empty, results are ordered by
+NMI, and filters combine with AND, each matching when any connection (or device) of the
+installation matches.
 """
 
 from __future__ import annotations
@@ -103,8 +105,28 @@ def _matches(record: JsonObject, q: Query) -> bool:
     )
 
 
-def search(store: Store, q: Query) -> dict[str, Any]:
-    """The page of matching records and the pagination metadata."""
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a search, and where it sits among the pages of all the matches."""
+
+    records: list[JsonObject]
+    page: int
+    page_size: int
+    total_records: int
+
+    def envelope(self) -> dict[str, Any]:
+        """The envelope's members besides its transaction id."""
+        return {
+            "data": self.records,
+            "page": self.page,
+            "pageSize": self.page_size,
+            "totalPages": math.ceil(self.total_records / self.page_size),
+            "totalRecords": self.total_records,
+        }
+
+
+def search(store: Store, q: Query) -> Page:
+    """The page of matching records asked for."""
     candidates: Iterable[JsonObject]
     if q.nmis is not None:
         found = (store.installation(nmi) for nmi in dict.fromkeys(q.nmis))
@@ -113,10 +135,4 @@ def search(store: Store, q: Query) -> dict[str, Any]:
         candidates = (v.record for v in store.installations())
     hits = sorted((r for r in candidates if _matches(r, q)), key=lambda r: str(r["nmi"]))
     start = (q.page - 1) * q.page_size
-    return {
-        "data": hits[start : start + q.page_size],
-        "page": q.page,
-        "pageSize": q.page_size,
-        "totalPages": math.ceil(len(hits) / q.page_size),
-        "totalRecords": len(hits),
-    }
+    return Page(hits[start : start + q.page_size], q.page, q.page_size, len(hits))

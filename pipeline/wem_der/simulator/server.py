@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from wem_der.simulator.app import INSTALLATION_PREFIX, NMI_PREFIX, OAUTH_PREFIX, create_app
 from wem_der.simulator.settings import SimulatorSettings
@@ -22,6 +24,8 @@ class Simulator:
 
     `clock` drives token expiry, the quota window, outages and revocations; `sleep` serves
     latency faults. Tests inject both so that nothing waits on the wall clock.
+    `middlewares` (aiohttp's) run around the simulator's own, the first outermost: a test
+    watches every request and answer through one (`tests/e2e.py`'s tap).
     """
 
     def __init__(
@@ -31,11 +35,13 @@ class Simulator:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         ssl_context: ssl.SSLContext | None = None,
+        middlewares: Sequence[Middleware] = (),
     ) -> None:
         self.settings = settings or SimulatorSettings()
         self._clock = clock
         self._sleep = sleep
         self._ssl_context = ssl_context
+        self._middlewares = tuple(middlewares)
         self._runner: web.AppRunner | None = None
         self._state: SimState | None = None
         self.base_url = ""
@@ -80,7 +86,8 @@ class Simulator:
             # auto_decompress=False: the handler sees the raw body, so the size limit counts
             # compressed bytes as received [doc: "10 MB ... compressed or not"]. No access
             # log: it would cost more than the request at benchmark rates.
-            runner = web.AppRunner(create_app(state), auto_decompress=False, access_log=None)
+            app = create_app(state, middlewares=self._middlewares)
+            runner = web.AppRunner(app, auto_decompress=False, access_log=None)
             await runner.setup()
         except BaseException:
             store.close()

@@ -90,5 +90,8 @@ class SimulatorSettings(BaseModel):
     allowed_participants: frozenset[str] | None = None
     # The X-market value required; None accepts any non-empty value.
     market: str | None = "WEM"
+    # How a search answers: AEMO's operation definition shows a bare list of records
+    # [spec]; "envelope" is our guess at what carries page counts and a transaction id.
+    search_answer: Literal["envelope", "list"] = "envelope"
     rules_file: Path | None = None  # None: the bundled data/rules.toml
     schema_file: Path | None = None  # None: the bundled data/schema.toml

@@ -1,8 +1,9 @@
-"""Helpers for tests that talk to the simulator: a manual clock, a sleep that does not
-wait, a valid sample record and a small client that sends AEMO's headers.
+"""Helpers for tests that talk to the simulator: a valid sample record, a register filled
+without requests (`prefill`) and a small client that sends AEMO's headers.
 
 Shipped in the package (like `aiohttp.test_utils`) so every module's tests can drive the
-simulator the same way, without sleeping on the wall clock.
+simulator the same way; its time is a `wem_der.testing.VirtualClock`, so none of them
+sleeps on the wall clock.
 """
 
 from __future__ import annotations
@@ -11,43 +12,23 @@ import base64
 import copy
 import gzip
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
+from wem_der.simulator.installation import apply
+from wem_der.simulator.rules import Operation
 from wem_der.simulator.server import Simulator
 from wem_der.simulator.settings import SimulatorSettings
-from wem_der.simulator.state import Clock, Sleep
+from wem_der.simulator.state import SimState
+from wem_der.testing import VirtualClock
 
 PARTICIPANT = "SIMTEST"
-
-
-class ManualClock:
-    """A clock that moves only when told: pass it as `clock=` and call `advance`."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class RecordingSleep:
-    """An async sleep that returns at once, remembering what it was asked to wait."""
-
-    calls: list[float] = field(default_factory=list)
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
 
 
 _SAMPLE: dict[str, Any] = {
@@ -86,6 +67,27 @@ def sample_installation(nmi: str = "6001000001", **fields: Any) -> dict[str, Any
     record = copy.deepcopy(_SAMPLE)
     record.update(nmi=nmi, **fields)
     return record
+
+
+def prefill(state: SimState, records: Iterable[dict[str, Any]]) -> int:
+    """Store each of `records` as its create (or, for an NMI held already, its update)
+    would, without a request: the body's checks (`ApiError` for a record a request could
+    not store), the rules, exceptions and server-maintained fields all apply; the quota and
+    the request counters do not. Returns how many were stored.
+
+    For tests and benchmarks that need a register holding many records: with a
+    `SqliteStore` in `state`, a simulator started later on the same file serves them.
+    """
+    count = 0
+    for record in records:
+        nmi = record.get("nmi")
+        previous = state.store.installation(nmi) if isinstance(nmi, str) else None
+        operation: Operation = "installation.update" if previous else "installation.create"
+        # The store owns what it saves, and stamping changes the record in place.
+        body = state.schema.check(operation, {"data": copy.deepcopy(record)})
+        apply(state, body["data"], operation, previous)
+        count += 1
+    return count
 
 
 @dataclass(frozen=True)
@@ -201,13 +203,13 @@ class SimClient:
 async def connected(
     settings: SimulatorSettings | None = None,
     *,
-    clock: Clock | None = None,
-    sleep: Sleep | None = None,
+    clock: VirtualClock | None = None,
     token: bool = True,
 ) -> AsyncIterator[SimClient]:
-    """A running simulator and a client session to it (with a token unless `token=False`)."""
-    clock = clock or ManualClock()
-    sim = Simulator(settings, clock=clock, sleep=sleep or RecordingSleep())
+    """A running simulator on `clock` (its time and its latency's waits) and a client
+    session to it (with a token unless `token=False`)."""
+    clock = clock or VirtualClock()
+    sim = Simulator(settings, clock=clock, sleep=clock.sleep)
     async with sim, aiohttp.ClientSession() as session:
         client = SimClient(session, sim)
         if token:
