@@ -746,3 +746,27 @@ async def test_a_killed_run_leaves_its_attempt_in_flight(path: Path) -> None:
     assert flying[3].finished_at is None
     assert run is not None
     assert run.status == "running"
+
+
+def test_processes_opening_a_new_ledger_together_all_open_it(tmp_path: Path) -> None:
+    """Jobs started together on an empty --state-dir all open the new ledger: SQLite refuses
+    one of two switching a new file to WAL at once without waiting, and the open tries
+    again instead of calling the ledger locked."""
+    failures: list[str] = []
+    for attempt in range(300):
+        path = tmp_path / f"{attempt}" / "ledger.sqlite3"
+        start = threading.Barrier(6)
+
+        def open_it(path: Path = path, start: threading.Barrier = start) -> None:
+            start.wait(timeout=10)
+            try:
+                ledger_schema.open_ledger(path, busy_timeout_s=5).close()
+            except LedgerError as exc:
+                failures.append(str(exc))
+
+        openers = [threading.Thread(target=open_it) for _ in range(6)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join(timeout=30)
+    assert failures == []
