@@ -17,7 +17,14 @@ from wem_der.records.enumerations import Enumerations
 from wem_der.records.outcomes import Outcome, OutcomeRecord, PreparedRecord, SourceItem
 from wem_der.records.shapes import RecordKind
 from wem_der.records.validation import FieldIssue, validate_record
-from wem_der.send.body import MAX_BODY_BYTES, BodyTooLarge, Compression, content_hash, encode_body
+from wem_der.send.body import (
+    MAX_BODY_BYTES,
+    BodyTooLarge,
+    Compression,
+    canonical_json,
+    content_hash,
+    encode_body,
+)
 from wem_der.send.routes import request_body
 
 
@@ -43,7 +50,10 @@ class Preflight:
         )
         if isinstance(result, list):
             return invalid(self.kind, item, result)
-        too_large = body_issue(self.kind, result, self.compression)
+        # One serialisation serves both the size check and the content hash: the per-record
+        # path runs at the quota's rate.
+        canonical = canonical_json(result)
+        too_large = body_issue(self.kind, result, self.compression, json_bytes=len(canonical))
         if too_large is not None:
             return invalid(self.kind, item, [too_large])
         # Strict validation converts nothing, so the record as decoded is what gets sent,
@@ -54,22 +64,28 @@ class Preflight:
             nmi=result["nmi"],
             source=item.source,
             payload=result,
-            content_hash=content_hash(result),
+            content_hash=content_hash(result, canonical),
         )
 
 
 def body_issue(
-    kind: RecordKind, payload: dict[str, Any], compression: Compression
+    kind: RecordKind,
+    payload: dict[str, Any],
+    compression: Compression,
+    *,
+    json_bytes: int,
 ) -> FieldIssue | None:
     """Why the request body of `payload` is over AEMO's size limit, if it is.
 
     Compressing can add a little to bytes it cannot shrink: deflate's worst case is a few
     bytes per block, well under a thousandth. So a body whose JSON is further than that
     under the limit passes on its length alone, and one nearer is encoded as the client
-    will encode it, which is then the exact answer.
+    will encode it, which is then the exact answer. `json_bytes`: the length of the
+    record's own JSON (`canonical_json`).
     """
     body = request_body(kind, payload)
-    size = len(orjson.dumps(body))
+    # The wrapper, if the kind has one, adds the same bytes to every record.
+    size = json_bytes + len(orjson.dumps(request_body(kind, {}))) - len(b"{}")
     if size + size // 1024 + 64 <= MAX_BODY_BYTES:
         return None
     try:

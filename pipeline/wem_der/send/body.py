@@ -84,9 +84,16 @@ def encode_body(
     return EncodedBody(data, headers)
 
 
-def content_hash(payload: dict[str, Any]) -> str:
-    """The canonical content identity of a record: sha256 of its key-sorted JSON."""
-    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+def canonical_json(payload: dict[str, Any]) -> bytes:
+    """A record's key-sorted JSON: what `content_hash` hashes. Sorting keys changes no
+    byte count, so its length is that of the record as it is sent, unwrapped."""
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+
+
+def content_hash(payload: dict[str, Any], canonical: bytes | None = None) -> str:
+    """The canonical content identity of a record: sha256 of its key-sorted JSON
+    (`canonical`, where the caller has it already)."""
+    return hashlib.sha256(canonical or canonical_json(payload)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
