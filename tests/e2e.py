@@ -278,8 +278,9 @@ class Tap:
                 headers=CIMultiDictProxy(CIMultiDict(request.headers)),
                 raw=raw,
                 status=None if dropped else response.status,
-                transaction_id=answer.get("transactionId"),
-                data=answer.get("data"),
+                # A search may answer a bare list of records [spec]: no envelope.
+                transaction_id=answer.get("transactionId") if isinstance(answer, dict) else None,
+                data=answer.get("data") if isinstance(answer, dict) else answer,
             )
         )
         return response

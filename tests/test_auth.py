@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 from wem_der.errors import CredentialsRefused, Misconfigured, RunAborted
 from wem_der.send.auth import TokenProvider
+from wem_der.send.retry import TokenUnavailable
 from wem_der.testing import VirtualClock
 
 from tests.scripted import Reply, Scripted
@@ -242,25 +243,28 @@ async def test_transient_failures_retry_with_jitter(
     assert [e["event"] for e in logs].count("auth.retry_scheduled") == 3
 
 
-async def test_exhausted_retries_abort_the_run(
+async def test_exhausted_retries_leave_the_outage_to_the_run(
     server: Scripted, provider: TokenProvider, clock: VirtualClock
 ) -> None:
-    """max_attempts transient failures raise RunAborted (not CredentialsRefused)."""
+    """max_attempts transient failures raise TokenUnavailable, a failure the run's breaker
+    rides out, not an abort; and it is not remembered: the next call asks again."""
     async with asyncio.timeout(10):
-        server.script(*[Reply(503, body=b"<html>down</html>")] * 4)
-        with pytest.raises(RunAborted) as caught:
+        server.script(*[Reply(503, body=b"<html>down</html>")] * 4, token_reply())
+        with pytest.raises(TokenUnavailable) as caught:
             await provider.token()
-    assert not isinstance(caught.value, CredentialsRefused)
-    assert "4 times" in str(caught.value)
-    assert "HTTP 503" in str(caught.value)
-    assert len(server.seen) == 4
-    assert len(clock.sleeps) == 3
+        assert not isinstance(caught.value, RunAborted)
+        assert "4 times" in str(caught.value)
+        assert "HTTP 503" in str(caught.value)
+        assert len(server.seen) == 4
+        assert len(clock.sleeps) == 3
+        assert await provider.token() == "tok-1"
+    assert len(server.seen) == 5
 
 
-async def test_unreachable_endpoint_aborts(
+async def test_unreachable_endpoint_is_unavailable(
     session: aiohttp.ClientSession, clock: VirtualClock, unused_tcp_port: int
 ) -> None:
-    """Connection refused on every attempt ends in RunAborted naming the URL."""
+    """Connection refused on every attempt ends in TokenUnavailable naming the URL."""
     url = f"http://127.0.0.1:{unused_tcp_port}/token"
     provider = TokenProvider(
         session=session,
@@ -272,7 +276,7 @@ async def test_unreachable_endpoint_aborts(
         sleep=clock.sleep,
     )
     async with asyncio.timeout(10):
-        with pytest.raises(RunAborted, match="failed 2 times") as caught:
+        with pytest.raises(TokenUnavailable, match="failed 2 times") as caught:
             await provider.token()
     assert url in str(caught.value)
     assert len(clock.sleeps) == 1

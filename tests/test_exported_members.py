@@ -11,6 +11,7 @@ EXPORTED = [
     "ConfigError",
     "CredentialsRefused",
     "ExportResult",
+    "FollowupResult",
     "InputError",
     "LedgerError",
     "Misconfigured",
@@ -25,6 +26,7 @@ EXPORTED = [
     "WemDerError",
     "__version__",
     "export",
+    "followup",
     "resubmit",
     "resume",
     "submit",
@@ -40,13 +42,15 @@ def test_all_is_the_chosen_names_in_order() -> None:
 def test_every_exported_name_resolves_to_its_implementation() -> None:
     """Including those imported on first use (run/api.py, run/results.py)."""
     from wem_der.errors import WemDerError
-    from wem_der.register import export, verify
+    from wem_der.register import export, followup, verify
     from wem_der.run import api, results
 
     assert wem_der.submit is api.submit
     assert wem_der.validate is api.validate
     assert wem_der.verify is api.verify
     assert wem_der.export is api.export
+    assert wem_der.followup is api.followup
+    assert wem_der.FollowupResult is followup.FollowupResult
     assert wem_der.VerifyResult is verify.VerifyResult
     assert wem_der.ExportResult is export.ExportResult
     assert wem_der.Summary is results.Summary

@@ -12,7 +12,7 @@ from wem_der.ledger.store import Ledger
 from wem_der.records.outcomes import Action, Outcome, OutcomeRecord, SourceRef
 from wem_der.records.samples import installations
 from wem_der.records.shapes import RecordKind
-from wem_der.report.collect import collect, quota_use, render
+from wem_der.report.collect import collect, latest_followup, quota_use, render
 from wem_der.report.text import table
 from wem_der.testing import VirtualClock
 
@@ -195,6 +195,7 @@ async def test_the_text_report_shows_the_tables(ledger: Ledger) -> None:
     assert "fullest 60 s window 3 (100.0% of the quota)" in text
     assert "\n  2027-01-15T08:01:00Z         2     66.7%  ####" in text
     assert "history of installation NMI 8001000001" in text
+    assert "\nfollow-up of the conditional records: none yet (wem-der followup r1)\n" in text
 
 
 async def test_an_nmi_history_spans_runs_oldest_first(ledger: Ledger) -> None:
@@ -281,3 +282,30 @@ async def test_a_run_that_never_ended_points_at_resume(ledger: Ledger) -> None:
         text = await render(ledger, run_id="r2", nmi=None, kind=INST)
     assert "\n  status          running, or killed (then: wem-der resume r2)\n" in text
     assert "\n  re-submits run  r1\n" in text
+
+
+def test_the_latest_followup_is_counted_with_its_exception_codes(tmp_path: Path) -> None:
+    """followup.jsonl is read with a count per status (a line without one counts by its
+    `confirmed`), its exception codes most frequent first, and when it was read: its
+    earliest `read_at`."""
+    lines = [
+        {"nmi": "1", "status": "conditional", "read_at": "2027-01-15T08:00:09.5+00:00"}
+        | {"exceptions": [{"code": "2024", "name": "Export", "path": "(record)"}]},
+        {"nmi": "2", "status": "missing", "read_at": "2027-01-15T08:00:07+00:00"},
+        {"nmi": "3", "status": "error", "read_at": "2027-01-15T08:00:08+00:00"},
+        {"nmi": "4", "confirmed": True, "exceptions": []},
+        {"nmi": "5", "confirmed": False, "exceptions": [{"code": "2024", "name": "Export"}]}
+        | {"read_at": "not a time"},
+        {"nmi": "6", "status": "conditional", "exceptions": [{"code": "2040"}, "odd"]},
+    ]
+    write_jsonl(tmp_path / "followup.jsonl", lines)
+    found = latest_followup(tmp_path)
+    assert found is not None
+    assert found["counts"] == {"conditional": 3, "confirmed": 1, "missing": 1, "error": 1}
+    assert found["exceptions"] == [
+        {"code": "2024", "name": "Export", "count": 2},
+        {"code": "2040", "name": "-", "count": 1},
+    ]
+    assert found["read_at"] == "2027-01-15T08:00:07Z"
+    assert found["records"] == lines
+    assert latest_followup(tmp_path / "none") is None

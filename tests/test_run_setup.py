@@ -126,6 +126,25 @@ async def test_the_rate_and_time_left_are_of_the_records_sent() -> None:
     assert " 3/10 1.0 rec/s ETA 0:00:07 accepted 2  rejected 1\n" in line
 
 
+async def test_the_bar_says_when_the_register_is_down() -> None:
+    """While the run waits for the register, the bar says since when and the next probe."""
+    clock = VirtualClock(start=0.0)
+    screen = io.StringIO()
+    bar = Progress(total=10, console=Console(file=screen, width=160), clock=clock)
+    status: list[str | None] = ["register unavailable since 02:13:05; next probe in 40 s"]
+    bar.watch(lambda: status[0])
+    bar.start()
+    try:
+        bar.on_outcome(
+            OutcomeRecord(RecordKind.INSTALLATION, "8001000001", SourceRef("in"), Outcome.ACCEPTED)
+        )
+    finally:
+        await bar.stop()
+    assert (
+        "accepted 1  register unavailable since 02:13:05; next probe in 40 s" in screen.getvalue()
+    )
+
+
 # -- settings ----------------------------------------------------------------------------------
 
 
@@ -142,6 +161,18 @@ async def test_a_bad_rate_from_the_environment_is_a_clean_error(tmp_path: Path) 
     assert "Traceback" not in done.stderr
     assert done.stdout == ""  # refused before a record was validated
     assert not (tmp_path / "out").exists()
+
+
+async def test_a_bad_max_outage_is_a_clean_error(tmp_path: Path) -> None:
+    """--max-outage takes a duration: anything else is exit 2, naming the option."""
+    path = write_jsonl(tmp_path / "in.jsonl", records(1))
+    args = ["submit", str(path), "--out", str(tmp_path / "out"), "--max-outage", "3 hours"]
+    done = await wem_der([*args, "--dry-run", "--no-progress"], tmp_path, timeout_s=CLI_TIMEOUT_S)
+    assert done.code == 2, done.stderr
+    assert "max_outage:" in done.stderr
+    assert "--max-outage" in done.stderr
+    assert "duration '3 hours' is not a number" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_bad_rate_from_a_profile_is_refused(tmp_path: Path) -> None:

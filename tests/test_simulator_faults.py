@@ -123,10 +123,19 @@ def test_shipped_profiles_load() -> None:
     [
         {"error_rate_500": 0.6, "drop_rate": 0.5},
         {"outages": ((5, 5),)},
+        {"dropped_outages": ((6, 5),)},
+        {"outage_retry_after_s": -1},
         {"error_rate_503": 1.5},
         {"typo_rate": 0.1},
     ],
-    ids=["rates-over-1", "empty-outage", "rate-over-1", "unknown-key"],
+    ids=[
+        "rates-over-1",
+        "empty-outage",
+        "backwards-dropped-outage",
+        "negative-outage-retry-after",
+        "rate-over-1",
+        "unknown-key",
+    ],
 )
 def test_bad_profiles_are_refused(fields: dict[str, Any]) -> None:
     """Profiles are validated when loaded, not when a request meets them."""

@@ -197,7 +197,9 @@ async def test_failed_when_the_retry_budget_is_spent(tmp_path: Path) -> None:
         path = write_jsonl(tmp_path / "in.jsonl", records(5))
         faults = FaultProfile(error_rate_503=1.0)
         async with Simulator(sim_settings(faults=faults)) as sim:
-            settings = run_settings(sim, tmp_path, max_attempts=3)
+            # The breaker kept shut (it would wait the outage out): each record's own
+            # budget is the question here.
+            settings = run_settings(sim, tmp_path, max_attempts=3, outage_after=1000)
             result = await submit(settings, tmp_path, [path])
             stats = sim.stats()
             stored = stats["installations"]

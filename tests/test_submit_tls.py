@@ -105,7 +105,8 @@ async def test_mutual_tls_from_the_command_line(tmp_path: Path, pki: Pki) -> Non
 
 
 async def test_without_the_client_certificate_the_run_fails(tmp_path: Path, pki: Pki) -> None:
-    """Same register, no client certificate: no token, nothing sent, the run stops (exit 3)."""
+    """Same register, no client certificate: no token, nothing sent, the run stops (exit 3)
+    once it has waited out --max-outage, naming the likely cause."""
     async with asyncio.timeout(30):
         path = write_jsonl(tmp_path / "in.jsonl", records(3))
         ctx = pki.server_context(require_client_cert=True)
@@ -121,11 +122,16 @@ async def test_without_the_client_certificate_the_run_fails(tmp_path: Path, pki:
         assert stats["der_requests_received"] == 0
         found = assert_each_once(result.out_dir, lines_of(path, 3))
         assert len(found["failed"]) == 3
-        reason = read_summary(result.out_dir)["abort_reason"]
+        summary = read_summary(result.out_dir)
+        reason = summary["abort_reason"]
         assert "token endpoint" in reason
-        # Under TLS 1.3 the refusal reaches the client as a bare close; the message says
-        # what that most likely means.
+        # Nothing ever answered: the run waited it out as an outage, to --max-outage, and
+        # said what is likely wrong. Under TLS 1.3 the refusal reaches the client as a bare
+        # close; the message says what that most likely means.
+        assert "--max-outage 3 h 00 min" in reason
         assert "check --client-cert and --client-key" in reason
+        [outage] = summary["outages"]
+        assert "check --client-cert and --client-key" in outage["cause"]
 
 
 async def test_without_the_ca_the_server_is_not_trusted(tmp_path: Path, pki: Pki) -> None:

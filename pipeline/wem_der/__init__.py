@@ -26,8 +26,9 @@ from wem_der.errors import (
 
 if typing.TYPE_CHECKING:
     from wem_der.register.export import ExportResult
+    from wem_der.register.followup import FollowupResult
     from wem_der.register.verify import VerifyResult
-    from wem_der.run.api import export, resubmit, resume, submit, validate, verify
+    from wem_der.run.api import export, followup, resubmit, resume, submit, validate, verify
     from wem_der.run.results import RunResult, Summary, ValidationResult
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigError",
     "CredentialsRefused",
     "ExportResult",
+    "FollowupResult",
     "InputError",
     "LedgerError",
     "Misconfigured",
@@ -50,6 +52,7 @@ __all__ = [
     "WemDerError",
     "__version__",
     "export",
+    "followup",
     "resubmit",
     "resume",
     "submit",
@@ -62,9 +65,11 @@ __all__ = [
 # settings model, the client, the engine: about 0.2 s).
 _LAZY = {
     **dict.fromkeys(
-        ("export", "resubmit", "resume", "submit", "validate", "verify"), "wem_der.run.api"
+        ("export", "followup", "resubmit", "resume", "submit", "validate", "verify"),
+        "wem_der.run.api",
     ),
     "ExportResult": "wem_der.register.export",
+    "FollowupResult": "wem_der.register.followup",
     "VerifyResult": "wem_der.register.verify",
     **dict.fromkeys(("RunResult", "Summary", "ValidationResult"), "wem_der.run.results"),
 }

@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
@@ -30,6 +30,7 @@ from pydantic import (
 
 from wem_der.errors import ConfigError
 from wem_der.files.pathtext import from_text, to_text
+from wem_der.send.breaker import parse_duration
 from wem_der.send.quota import parse_rate
 from wem_der.send.quota_store import STORE_SCHEMES, shown_url
 
@@ -64,6 +65,7 @@ class SettingOptions(TypedDict, total=False):
     compression: Literal["gzip", "deflate", "none"]
     timeout_s: float
     max_attempts: int
+    max_outage: str
     client_cert: PathText
     client_key: PathText
     ca_file: PathText
@@ -76,6 +78,16 @@ class SettingOptions(TypedDict, total=False):
     carry_register_ids: bool
     search_batch_size: int
     search_page_size: int
+
+
+def _readable(value: str, parse: Callable[[str], object], name: str) -> str:
+    """`value`, if `parse` reads it; else its complaint, naming where `name` is set."""
+    try:
+        parse(value)
+    except ValueError as exc:
+        where = f"the profile, {ENV_PREFIX}{name.upper()} or --{name.replace('_', '-')}"
+        raise ValueError(f"as set by {where}: {exc}") from None
+    return value
 
 
 class Settings(BaseModel):
@@ -120,6 +132,14 @@ class Settings(BaseModel):
     base_delay_s: float = Field(default=0.5, ge=0)
     max_delay_s: float = Field(default=30.0, ge=0)
     token_refresh_margin_s: float = Field(default=120.0, ge=0)
+    # The register is taken for down after this many outage failures in a row (5xx,
+    # dropped connections, timeouts) with no answer between: the run then pauses, probing
+    # it one request at a time, its waits growing to `probe_max_delay_s` (send/breaker.py).
+    outage_after: int = Field(default=3, ge=1)
+    probe_max_delay_s: float = Field(default=60.0, gt=0)
+    # How long an outage is waited out before the run stops, resumably (exit 3): the
+    # length of a nightly maintenance window, as "3h", "45m" or seconds.
+    max_outage: str = "3h"
 
     client_cert: Path | None = None
     client_key: Path | None = None
@@ -167,13 +187,12 @@ class Settings(BaseModel):
     def _rate_limit_is_a_rate(cls, value: str) -> str:
         # Checked here, so that a quota from a profile, the environment, a flag or a run's
         # stored settings is refused alike, as an invalid setting, before a run starts.
-        try:
-            parse_rate(value)
-        except ValueError as exc:
-            raise ValueError(
-                f"as set by the profile, WEMDER_RATE_LIMIT or --rate-limit: {exc}"
-            ) from None
-        return value
+        return _readable(value, parse_rate, "rate_limit")
+
+    @field_validator("max_outage")
+    @classmethod
+    def _max_outage_is_a_duration(cls, value: str) -> str:
+        return _readable(value, parse_duration, "max_outage")
 
     @field_validator("search_page_size")
     @classmethod

@@ -19,9 +19,11 @@ from wem_der.errors import ConfigError, StoppedAtOnce, own_errors
 from wem_der.files.pathtext import to_text
 from wem_der.ledger.store import Ledger
 from wem_der.records.outcomes import OutcomeRecord
+from wem_der.register.followup import FOLLOWUP_JSONL, FollowedUp
+from wem_der.register.followup import Status as FollowupStatus
 from wem_der.register.verify import Status, VerifyResult
 from wem_der.report.display import shown
-from wem_der.run.api import ExportOptions, exported, validated, verified
+from wem_der.run.api import ExportOptions, exported, followed_up, validated, verified
 from wem_der.run.plan import RunPlan
 from wem_der.run.resolve import (
     find_run,
@@ -43,6 +45,7 @@ def make_hooks(progress: Progress | None, *, lost_output: Callable[[], str | Non
     hooks = Hooks(lost_output=lost_output)
     if progress is not None:
         hooks.on_outcome = progress.on_outcome
+        hooks.on_status = progress.watch
 
     def on_start(run_id: str, out_dir: Path) -> None:
         print(
@@ -163,6 +166,44 @@ def _verify_finish(result: VerifyResult) -> int:
     print(f"{summary['records']} records: {counts}; {summary['requests']} requests")
     print(f"results: {shown(to_text(str(result.out_dir)))}")
     return 0 if result.all_same else 1
+
+
+async def followup(options: dict[str, Any], *, show_progress: bool) -> int:
+    """The run's Conditional records read back, with a bar on a terminal once their number
+    is known; exit 0 only when every one was read."""
+    progress = Progress() if show_progress else None
+    hooks = make_hooks(progress, lost_output=lambda: None)
+
+    def begin(records: int) -> None:
+        if progress is not None:
+            progress.total = records
+            progress.start()
+
+    def advance(followed: FollowedUp) -> None:
+        if progress is not None:
+            progress.advance()
+
+    try:
+        with own_errors():
+            result = await followed_up(
+                options["run"],
+                options["out"],
+                _given(options),
+                hooks=hooks,
+                on_total=begin,
+                on_record=advance,
+            )
+    finally:
+        if progress is not None:
+            await progress.stop()
+    summary = result.summary
+    counts = "  ".join(f"{status.value} {summary[status.value]}" for status in FollowupStatus)
+    print(
+        f"run {shown(summary['run_id'])}: {summary['records']} conditional records read back:"
+        f" {counts}; {summary['requests']} requests"
+    )
+    print(f"results: {shown(to_text(str(result.out_dir / FOLLOWUP_JSONL)))}")
+    return result.exit_code
 
 
 def validate(options: dict[str, Any]) -> int:

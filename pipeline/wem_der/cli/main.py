@@ -7,7 +7,8 @@ the command's name.
 Exit codes: 0 every record accepted, conditional or skipped; 1 any rejected, invalid or
 failed; 2 a usage or configuration error, or a ledger or outcome file that cannot be
 written; 3 the run was aborted (credentials refused, client misconfigured, interrupted).
-`verify` exits 0 only when the register holds every record as it is, 1 otherwise.
+`verify` exits 0 only when the register holds every record as it is, 1 otherwise;
+`followup` 0 when it read back every record of the run that ended conditional, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ def _settings_options() -> dict[str, list[click.Parameter]]:
             _opt("--compression", type=click.Choice(["gzip", "deflate", "none"])),
             _opt("--timeout-s", type=float, help="per request"),
             _opt("--max-attempts", type=int, help="per record, retries included"),
+            _opt(
+                "--max-outage",
+                metavar="DURATION",
+                help="how long the run waits out a register that is down before it stops,"
+                " resumably: 3h (default), 45m, 600",
+            ),
             _opt("--client-cert", type=_PATH, help="PEM client certificate for mutual TLS"),
             _opt("--client-key", type=_PATH, help="PEM private key of --client-cert"),
             _opt("--ca-file", type=_PATH, help="PEM CA bundle that signs the server"),
@@ -365,6 +372,29 @@ cli.add_command(
         " sends no write.",
     )
 )
+cli.add_command(
+    _Command(
+        "followup",
+        [
+            click.Argument(["run"], metavar="RUN_ID|DIR"),
+            _opt(
+                "--out",
+                type=_PATH,
+                help="where followup.jsonl and followup.json go (default: the run's outcome"
+                " directory)",
+            ),
+            *_output_options(),
+        ],
+        {**_settings_options(), **_register_options(plan=False)},
+        short_help="read back the records of a run that ended conditional",
+        help="Read back from the register, in bulk, the records of RUN that ended conditional:"
+        " each NMI's stage now, the connections and devices still Conditional, its current"
+        " exceptions where the register gives them, and whether it has become Confirmed"
+        " (followup.jsonl, replacing an earlier one, and followup.json). Nothing is written to"
+        " the register. Exit 0 when every record was read back, whatever its stage; 1 when any"
+        " is missing from the register or could not be read. " + _REUSE,
+    )
+)
 
 
 cli.add_command(
@@ -503,6 +533,8 @@ def _command(options: dict[str, Any], stderr_loss: Loss) -> int:
             return commands.dry_run(options)
         if options["command"] in ("verify", "export"):
             return asyncio.run(commands.read_register(options, show_progress=show_progress))
+        if options["command"] == "followup":
+            return asyncio.run(commands.followup(options, show_progress=show_progress))
 
         tune_gc()
 

@@ -20,6 +20,8 @@ from rich.text import Text
 from wem_der.read.formats import GZIP_MAGIC
 from wem_der.records.outcomes import Outcome, OutcomeRecord
 from wem_der.report.display import shown
+from wem_der.report.outages import outages, to_epoch
+from wem_der.send.breaker import shown_duration
 
 
 class Progress:
@@ -47,7 +49,7 @@ class Progress:
             _RateColumn(),
             "ETA",
             bar.TimeRemainingColumn(),
-            _CountsColumn(self.counts),
+            _CountsColumn(self),
             # sys.stderr as it is now, not at import: the CLI guards it (cli/guarded_output.py).
             console=console or Console(file=sys.stderr),
             refresh_per_second=4,
@@ -57,6 +59,8 @@ class Progress:
             get_time=clock,
         )
         self._task = self._bar.add_task("", total=total)
+        # What the run says of the register while it is down (None: nothing to say).
+        self.status: Callable[[], str | None] = lambda: None
 
     def on_outcome(self, outcome: OutcomeRecord) -> None:
         self.counts[outcome.outcome] += 1
@@ -66,6 +70,11 @@ class Progress:
         """One more item done that is not a record's outcome (a record verified, an
         installation exported): counted on the bar alone."""
         self._bar.advance(self._task)
+
+    def watch(self, status: Callable[[], str | None]) -> None:
+        """Show `status()` after the counts while it is not None, as "register unavailable
+        since 02:13; next probe in 40 s"."""
+        self.status = status
 
     def start(self) -> None:
         self._bar.update(self._task, total=self.total)
@@ -83,15 +92,21 @@ class _RateColumn(bar.ProgressColumn):
 
 
 class _CountsColumn(bar.ProgressColumn):
-    """The count of each outcome seen so far: `accepted 9  rejected 1`."""
+    """The count of each outcome seen so far, `accepted 9  rejected 1`, and the run's
+    status while it waits for the register."""
 
-    def __init__(self, counts: Counter[Outcome]) -> None:
+    def __init__(self, progress: Progress) -> None:
         super().__init__()
-        self._counts = counts
+        self._progress = progress
 
     def render(self, task: bar.Task) -> Text:
+        counts = self._progress.counts
         # By Outcome, not over the Counter: this runs in rich's thread while the run adds keys.
-        return Text("  ".join(f"{o.value} {self._counts[o]}" for o in Outcome if self._counts[o]))
+        text = Text("  ".join(f"{o.value} {counts[o]}" for o in Outcome if counts[o]))
+        status = self._progress.status()
+        if status is not None:
+            text.append(f"  {shown(status)}", style="bold yellow")
+        return text
 
 
 def estimate_records(paths: Sequence[str]) -> int | None:
@@ -141,9 +156,21 @@ def summary_table(summary: Mapping[str, Any]) -> str:
         )
     )
     rows.append(("elapsed", f"{summary.get('elapsed_s', 0)} s"))
+    if summary.get("outages"):
+        rows.append(("register down", _downtime(summary)))
     if summary.get("abort_reason"):
         rows.append(("stopped because", summary["abort_reason"]))
     if summary.get("stderr_lost"):
         rows.append(("log lost", summary["stderr_lost"]))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {shown(str(value))}" for name, value in rows)
+
+
+def _downtime(summary: Mapping[str, Any]) -> str:
+    """`2 times, 4 min 10 s in all, 9 probes`: the outages the run waited out."""
+    run_end = to_epoch(summary["started_at"]) + float(summary.get("elapsed_s") or 0)
+    down = outages(summary["outages"], run_end=run_end)
+    times = "once" if len(down) == 1 else f"{len(down)} times"
+    seconds = sum(outage.seconds for outage in down)
+    probes = sum(outage.probes for outage in down)
+    return f"{times}, {shown_duration(seconds)} in all, {probes} probes"

@@ -38,9 +38,10 @@ from wem_der.send.answers import Counters, KnownRefusal, quoted_error, transacti
 from wem_der.send.attempt import Attempts
 from wem_der.send.auth import TokenProvider
 from wem_der.send.body import ApiAnswer
+from wem_der.send.breaker import Breaker
 from wem_der.send.client import ApiClient
 from wem_der.send.quota import QuotaLimiter
-from wem_der.send.retry import RETRYABLE_EXCEPTIONS, Budget, RetryPolicy, Verdict, classify
+from wem_der.send.retry import RETRYABLE_EXCEPTIONS, RetryPolicy, Verdict, classify
 from wem_der.send.routes import Routes
 
 # The installation stages the search can select; every installation is in one [spec].
@@ -128,6 +129,7 @@ class RegisterReader:
         batch_size: int = 100,
         page_size: int = 100,
         counters: Counters | None = None,
+        breaker: Breaker | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -139,14 +141,18 @@ class RegisterReader:
         self.batch_size = batch_size
         self.page_size = page_size
         self._attempts = Attempts(
-            client=client, tokens=tokens, limiter=limiter, policy=policy, counters=counters
+            client=client,
+            tokens=tokens,
+            limiter=limiter,
+            policy=policy,
+            counters=counters,
+            breaker=breaker,
+            clock=clock,
         )
         self._url = routes.collection(RecordKind.INSTALLATION)
-        self._policy = policy
         self._record_missing = record_missing
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._sleep = sleep
-        self._clock = clock
 
     @property
     def counters(self) -> Counters:
@@ -228,7 +234,7 @@ class RegisterReader:
         self, url: str, params: dict[str, str], page: int, previous: _Page | None
     ) -> _Page | str:
         """The page at `url`, retried within the policy's budget; or why it could not be."""
-        budget = Budget(self._policy, clock=self._clock)
+        budget = self._attempts.budget()
         replayed = False
         while True:
             retry_after: float | None = None
@@ -266,7 +272,7 @@ class RegisterReader:
                     )
                 else:
                     return f"HTTP {answer.status}{quoted_error(answer)}"
-            delay = budget.next_delay(self._rng, retry_after)
+            delay = self._attempts.next_delay(budget, self._rng, retry_after)
             if delay is None:
                 return f"retry budget spent; last: {reason}"
             await self._sleep(delay)

@@ -9,12 +9,14 @@ one still going, and long after its outcome files were moved away. The problem c
 counted from the outcome lines the ledger keeps, each with the first record that had it;
 the quota table from the start times of the run's write attempts. Only the latest
 follow-up of the run's Conditional records is read from its outcome directory
-(`followup.jsonl`), where `wem-der followup` writes it.
+(`followup.jsonl`), where `wem-der followup` writes it (register/followup.py): its lines,
+counted by status, and its exception codes.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -30,13 +32,13 @@ from wem_der.files.pathtext import from_text
 from wem_der.ledger.store import Ledger, RunRow
 from wem_der.records.outcomes import Outcome
 from wem_der.records.shapes import RecordKind
+from wem_der.register.followup import FOLLOWUP_JSONL, Status
 from wem_der.report.html import to_html
 from wem_der.report.text import to_text
 from wem_der.send.quota import parse_rate
 
 # A run recorded without its quota ran at the default one.
 DEFAULT_RATE: str = Settings.model_fields["rate_limit"].default
-FOLLOWUP_JSONL = "followup.jsonl"
 
 
 async def render(
@@ -185,7 +187,13 @@ def _example(line: dict[str, Any]) -> dict[str, Any]:
 def latest_followup(out_dir: Path) -> dict[str, Any] | None:
     """The follow-up of the run's Conditional records that `wem-der followup` wrote last
     (`followup.jsonl` in the run's outcome directory, one JSON object a line: `nmi`,
-    `stage`, `confirmed`, `exceptions`); None if there is none."""
+    `status`, `stage`, `confirmed`, `exceptions`, `read_at`...); None if there is none.
+
+    With its lines: when it was read (the earliest `read_at`; a line without one counts
+    as read when the file was written), how many records are in each status (a line
+    without one is `confirmed` or `conditional` by its `confirmed`), and its exception
+    codes, most frequent first.
+    """
     path = out_dir / FOLLOWUP_JSONL
     try:
         with path.open("rb") as lines:
@@ -195,7 +203,40 @@ def latest_followup(out_dir: Path) -> dict[str, Any] | None:
         return None
     except (OSError, orjson.JSONDecodeError) as exc:
         raise InputError(f"cannot read the follow-up {path}: {exc}") from exc
-    return {"written_at": _iso(written), "records": records}
+    found = [record for record in records if isinstance(record, dict)]
+    counts = Counter(_followup_status(record) for record in found)
+    codes: Counter[tuple[str, str]] = Counter(
+        (_text(exception.get("code")), _text(exception.get("name", exception.get("title"))))
+        for record in found
+        for exception in record.get("exceptions") or ()
+        if isinstance(exception, dict)
+    )
+    return {
+        "written_at": _iso(written),
+        "read_at": _earliest([record.get("read_at") for record in found]) or _iso(written),
+        "counts": {status.value: counts[status.value] for status in Status},
+        "exceptions": [
+            {"code": code, "name": name, "count": count} for (code, name), count in _ranked(codes)
+        ],
+        "records": records,
+    }
+
+
+def _followup_status(record: dict[str, Any]) -> str:
+    status = record.get("status")
+    if status in {s.value for s in Status}:
+        return str(status)
+    return (Status.CONFIRMED if record.get("confirmed") is True else Status.CONDITIONAL).value
+
+
+def _earliest(times: list[object]) -> str | None:
+    """The earliest of ISO times with a UTC offset, as `_iso` writes them; None if none
+    can be read."""
+    found = []
+    for at in times:
+        with contextlib.suppress(TypeError, ValueError):
+            found.append(datetime.fromisoformat(str(at)).timestamp())
+    return _iso(min(found, default=None))
 
 
 def _ranked(counter: Counter[Any]) -> list[tuple[Any, int]]:

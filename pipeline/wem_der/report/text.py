@@ -26,6 +26,7 @@ def to_text(report: dict[str, Any]) -> str:
         parts.append(_errors_text(report["errors"]))
         parts.append(_exceptions_text(report["exceptions"]))
         parts.append(_quota_text(report["quota"]))
+        parts.append(_followup_text(report["followup"], str(report["run"]["run_id"])))
     if "nmi" in report:
         parts.append(_nmi_text(report["nmi"]))
     return "\n\n".join(parts)
@@ -169,6 +170,38 @@ def _quota_text(quota: dict[str, Any]) -> str:
         ]
     )
     return head + "\n" + table(("period from (UTC)", "attempts", "of quota", ""), rows) + more
+
+
+# How each status of a follow-up reads: what became of a record that ended conditional.
+_FOLLOWUP_STATUSES = {
+    "conditional": "still conditional",
+    "confirmed": "now confirmed",
+    "missing": "missing",
+    "error": "error (not read)",
+}
+
+
+def _followup_text(followup: dict[str, Any] | None, run_id: str) -> str:
+    if followup is None:
+        return f"follow-up of the conditional records: none yet (wem-der followup {shown(run_id)})"
+    counts = followup["counts"]
+    rows = [(_FOLLOWUP_STATUSES.get(name, name), n) for name, n in counts.items()]
+    rows.append(("total", sum(counts.values())))
+    head = f"latest follow-up of the conditional records, read {followup['read_at']}\n"
+    text = head + table(("now", "records"), rows)
+    exceptions = followup["exceptions"]
+    if not exceptions:
+        return text + "\n  exception codes now: none given by the register"
+    most = exceptions[0]["count"]
+    cut, more = _cut(
+        [(e["count"], e["code"], e["name"], _bar(e["count"], most)) for e in exceptions]
+    )
+    return (
+        text
+        + "\nexception codes now (follow-up)\n"
+        + table(("exceptions", "code", "name", ""), cut)
+        + more
+    )
 
 
 def _nmi_text(nmi: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
 """The library's functions, which `wem_der` exports: `submit`, `resume`, `resubmit`,
-`validate`, `verify` and `export`.
+`validate`, `verify`, `export` and `followup`.
 
 Each does what its command does. Its keywords are the command's long options with
 underscores (`--rate-limit` is `rate_limit=`, `--with` is `with_=`), with the same
@@ -23,17 +23,21 @@ from typing import Literal, TypedDict, Unpack, cast
 
 from wem_der.config import PathText, SettingOptions, Settings, settings_from
 from wem_der.errors import ConfigError, InputError, own_errors
+from wem_der.files.pathtext import to_text
+from wem_der.ledger.store import Ledger
 from wem_der.read.sources import STDIN, check_paths
 from wem_der.records.outcomes import OutcomeRecord
 from wem_der.records.shapes import RecordKind
 from wem_der.register.export import ExportResult
 from wem_der.register.export import export as export_register
+from wem_der.register.followup import FollowedUp, FollowupResult, conditional_outcomes, follow_up
 from wem_der.register.search import Filters, Held
 from wem_der.register.verify import Verified, VerifyResult
 from wem_der.register.verify import verify as verify_register
-from wem_der.run.plan import numbered
+from wem_der.run.plan import RunPlan, numbered
 from wem_der.run.resolve import (
     RESUBMITTED,
+    find_run,
     new_run,
     path_texts,
     record_kind,
@@ -232,6 +236,50 @@ async def exported(
     async with opened_reader(settings, hooks=hooks) as reader:
         target = sys.stdout.buffer if text == STDIN else Path(text)
         return await export_register(reader, filters, target, nmis=nmis, on_record=on_record)
+
+
+async def followup(
+    run: PathText, *, out: PathText | None = None, **settings: Unpack[SettingOptions]
+) -> FollowupResult:
+    """Read back from the register the records of `run` (its id or outcome directory) that
+    ended conditional, as `wem-der followup RUN --out DIR`; `result.all_read` says whether
+    every one was read. The run's recorded settings are used, as by `resume`: give the
+    client secret again."""
+    _refuse_unknown("followup", settings, SettingOptions.__optional_keys__, also=("out",))
+    with own_errors():
+        return await followed_up(run, out, settings, hooks=Hooks())
+
+
+async def followed_up(
+    run: PathText,
+    out: PathText | None,
+    given: SettingOptions,
+    *,
+    hooks: Hooks,
+    on_total: Callable[[int], None] = lambda records: None,
+    on_record: Callable[[FollowedUp], None] = lambda followed: None,
+) -> FollowupResult:
+    """What `followup` finds, written into `out` (default: the run's outcome directory);
+    `on_total` is told how many records there are before the first is read, and
+    `on_record` sees each one read (a progress bar)."""
+    found, ledger_file = await find_run(given, os.fspath(run))
+    plan = RunPlan.from_json(found)
+    if plan.kind is not RecordKind.INSTALLATION:
+        raise ConfigError(
+            f"run {plan.run_id} sent {plan.kind.value} records, and the NMI API has no search:"
+            " follow up a run of installation records"
+        )
+    # The settings the run recorded, as `resume` reuses them (run/resolve.py), with the
+    # ledger that holds the run; settings given now override them.
+    stored = dict(found.get("settings") or {})
+    stored["state_dir"] = to_text(str(ledger_file.parent))
+    settings = settings_from(given, env=stored.get("env"), stored=stored)
+    async with Ledger(ledger_file) as ledger:
+        records = await conditional_outcomes(ledger, plan.run_id)
+    on_total(len(records))
+    out_dir = Path(plan.out_dir if out is None else os.fspath(out))
+    async with opened_reader(settings, hooks=hooks) as reader:
+        return await follow_up(records, reader, out_dir, run_id=plan.run_id, on_record=on_record)
 
 
 def _nmis_in(path: Path) -> list[str]:

@@ -6,7 +6,7 @@ the library's caller see the same figures under the same names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +53,9 @@ class Summary:
     stderr_lost: str | None = None
     # The embedded simulator's statistics, when the run talked to it.
     register: Mapping[str, Any] | None = None
+    # Each time the register was down (send/breaker.py): `start`, `end`, `probes`,
+    # `still_down` when the run stopped first, and `cause` when one was diagnosed.
+    outages: Sequence[Mapping[str, Any]] = ()
 
     def as_json(self) -> dict[str, Any]:
         """As `summary.json` holds it."""

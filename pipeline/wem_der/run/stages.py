@@ -47,6 +47,7 @@ from wem_der.register.decide import decide
 from wem_der.register.search import Held, RegisterReader
 from wem_der.send.recent import Recent
 from wem_der.send.submitter import StoppedByAnswer, Submitter
+from wem_der.send.waiting import sleep_unless
 
 log = structlog.get_logger()
 
@@ -70,13 +71,7 @@ def interruptible(
     async def pause(delay: float) -> None:
         if stop.is_set():
             raise Interrupted
-        waiter = asyncio.ensure_future(stop.wait())
-        sleeper = asyncio.ensure_future(sleep(delay))
-        try:
-            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            sleeper.cancel()
+        await sleep_unless(stop, sleep, delay)
         if stop.is_set():
             raise Interrupted
 

@@ -8,7 +8,7 @@ the ledger's run row, then everything opened, in reverse), after which the run's
 metrics (`--metrics-file`, `--metrics-push`) are published from the summary, as they were
 every few seconds while `_run_stages` went. A run that plans from the register reads it
 through a `RegisterReader` on the run's own token, quota, retry policy and request
-counters; `opened_reader` opens one of those alone, for `verify` and `export`.
+counters; `opened_reader` opens one of those alone, for `verify`, `export` and `followup`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -45,7 +46,9 @@ from wem_der.run.start import LEDGER_FILE, begin, refuse_own_files
 from wem_der.send.answers import Counters, KnownRefusal, status_label
 from wem_der.send.auth import TokenProvider
 from wem_der.send.body import Compression
+from wem_der.send.breaker import Breaker, parse_duration
 from wem_der.send.client import SPARE_CONNECTIONS, ApiClient, TlsSettings, make_session
+from wem_der.send.diagnose import Diagnosis
 from wem_der.send.quota import QuotaLimiter, parse_burst, parse_rate
 from wem_der.send.quota_store import open_log
 from wem_der.send.retry import RetryPolicy
@@ -63,6 +66,9 @@ class Hooks:
     on_outcome: Callable[[OutcomeRecord], None] = lambda outcome: None
     on_diff: Callable[[str, list[str]], None] = lambda nmi, lines: None
     on_note: Callable[[str], None] = lambda text: None
+    # Given, once the run is open, what to show beside the progress bar while the register
+    # is down ("register unavailable since 02:13; next probe in 40 s"); None while it is up.
+    on_status: Callable[[Callable[[], str | None]], None] = lambda status: None
     # What stderr could not write (the log's loss), if anything: said in the summary.
     lost_output: Callable[[], str | None] = lambda: None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -124,6 +130,21 @@ def _policy(settings: Settings) -> RetryPolicy:
     )
 
 
+def _breaker(settings: Settings, url: str, hooks: Hooks, *, clock: Clock, sleep: Sleep) -> Breaker:
+    """The run's circuit breaker, shared by its writes and reads of the register at `url`,
+    its waits interruptible by a stop; shown beside the progress bar while it is open."""
+    breaker = Breaker(
+        opens_after=settings.outage_after,
+        probe_cap_s=settings.probe_max_delay_s,
+        max_outage_s=parse_duration(settings.max_outage),
+        diagnose=Diagnosis(url, client_cert=settings.client_cert is not None),
+        clock=clock,
+        sleep=interruptible(hooks.stop, sleep),
+    )
+    hooks.on_status(breaker.status)
+    return breaker
+
+
 def _submitter(
     settings: Settings,
     plan: RunPlan,
@@ -134,6 +155,7 @@ def _submitter(
     limiter: QuotaLimiter,
     ledger: Ledger,
     counters: Counters,
+    breaker: Breaker,
     stop: asyncio.Event,
     clock: Clock,
     sleep: Sleep,
@@ -153,6 +175,7 @@ def _submitter(
         record_missing=KnownRefusal.record_missing(settings.record_missing_pattern),
         stop_after_forbidden=settings.stop_after_forbidden,
         counters=counters,
+        breaker=breaker,
         sleep=interruptible(stop, sleep),
         clock=clock,
     )
@@ -166,6 +189,7 @@ def _reader(
     tokens: TokenProvider,
     limiter: QuotaLimiter,
     counters: Counters,
+    breaker: Breaker,
     stop: asyncio.Event,
     clock: Clock,
     sleep: Sleep,
@@ -182,6 +206,7 @@ def _reader(
         batch_size=settings.search_batch_size,
         page_size=settings.search_page_size,
         counters=counters,
+        breaker=breaker,
         sleep=interruptible(stop, sleep),
         clock=clock,
     )
@@ -200,7 +225,7 @@ async def opened_reader(
     clock: Clock = time.monotonic,
     sleep: Sleep = asyncio.sleep,
 ) -> AsyncIterator[RegisterReader]:
-    """A reader of the register, for `verify` and `export`: a run's quota, endpoints,
+    """A reader of the register, for `verify`, `export` and `followup`: a run's quota, endpoints,
     session and token, with no ledger and no outcome directory."""
     check_endpoints(settings, RecordKind.INSTALLATION)
     async with contextlib.AsyncExitStack() as stack:
@@ -218,6 +243,13 @@ async def opened_reader(
             tokens=tokens,
             limiter=limiter,
             counters=Counters(),
+            breaker=_breaker(
+                settings,
+                ep.routes.collection(RecordKind.INSTALLATION),
+                hooks,
+                clock=clock,
+                sleep=sleep,
+            ),
             stop=hooks.stop,
             clock=clock,
             sleep=sleep,
@@ -238,12 +270,15 @@ class _Open:
     endpoints: Endpoints
     tokens: TokenProvider
     submitter: Submitter
+    breaker: Breaker
     # What plans from the register (None: the ledger alone plans, see `Settings.plan`).
     reader: RegisterReader | None
     metrics: RunMetrics
     # Records already final, and records whose write was on the wire when a run died.
     done: SeqSet
     read_back: dict[int, Action]
+    # The outages of the run's earlier processes, as their summary listed them.
+    earlier_outages: list[dict[str, Any]]
 
 
 async def execute(
@@ -295,6 +330,10 @@ async def _open(
     # The quota before the run begins in the ledger: a quota store that cannot be reached
     # stops it before it is recorded or sends anything.
     concurrency, limiter = await _pace(stack, settings, hooks, clock=clock, sleep=sleep)
+    # The outages that earlier processes of a resumed run waited out, from the summary the
+    # last of them wrote (a process killed outright wrote none), before `begin` clears it.
+    earlier = await ledger.get_run(plan.run_id) if resume else None
+    outages = list((earlier.summary or {}).get("outages") or []) if earlier else []
     done, read_back = await begin(ledger, settings, plan, resume=resume, on_note=hooks.on_note)
     counters = await _earlier_requests(ledger, plan.run_id) if resume else Counters()
     # A resumed run's requests count from its first process on, as its summary's do.
@@ -310,6 +349,8 @@ async def _open(
         make_session(tls=_tls(settings), concurrency=concurrency, timeout_s=settings.timeout_s)
     )
     client, tokens = _client(settings, ep, session=session, clock=clock, sleep=sleep)
+    url = ep.routes.collection(plan.kind)
+    breaker = _breaker(settings, url, hooks, clock=clock, sleep=sleep)
     submitter = _submitter(
         settings,
         plan,
@@ -319,6 +360,7 @@ async def _open(
         limiter=limiter,
         ledger=ledger,
         counters=counters,
+        breaker=breaker,
         stop=hooks.stop,
         clock=clock,
         sleep=sleep,
@@ -332,6 +374,7 @@ async def _open(
             tokens=tokens,
             limiter=limiter,
             counters=counters,
+            breaker=breaker,
             stop=hooks.stop,
             clock=clock,
             sleep=sleep,
@@ -352,10 +395,12 @@ async def _open(
         endpoints=ep,
         tokens=tokens,
         submitter=submitter,
+        breaker=breaker,
         reader=reader,
         metrics=metrics,
         done=done,
         read_back=read_back,
+        earlier_outages=outages,
     )
 
 
@@ -476,6 +521,7 @@ def _refresh(metrics: RunMetrics, run: _Open) -> None:
     # A request is counted when sent and again by its answer: the difference is on the wire.
     metrics.set_in_flight(counters.requests - sum(counters.by_status.values()))
     metrics.set_fullest_window(run.limiter.max_in_window)
+    metrics.set_outage_s(run.breaker.down_s())
 
 
 async def _summary(run: _Open, engine: Engine, *, started_at: datetime, started: float) -> Summary:
@@ -514,4 +560,5 @@ async def _summary(run: _Open, engine: Engine, *, started_at: datetime, started:
         abort_reason=None if engine.abort is None else str(engine.abort),
         stderr_lost=run.hooks.lost_output(),
         register=None if simulator is None else simulator.stats(),
+        outages=[*run.earlier_outages, *run.breaker.listed()],
     )

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from wem_der.errors import CredentialsRefused, Misconfigured, RunAborted
 from wem_der.send.answers import first_error
 from wem_der.send.body import ApiAnswer, parse_answer
-from wem_der.send.retry import RETRYABLE_EXCEPTIONS, full_jitter_s
+from wem_der.send.retry import RETRYABLE_EXCEPTIONS, TokenUnavailable, full_jitter_s
 
 # AEMO tokens live about an hour; its documented example is 3599 s [spec].
 DEFAULT_LIFETIME_S = 3599.0
@@ -131,9 +131,11 @@ class TokenProvider:
                 break
             except _Transient as exc:
                 if attempt >= self._max_attempts:
-                    raise RunAborted(
+                    # Not the run's end: the request it was for is retried as one that met
+                    # an outage, and the run's breaker (send/breaker.py) rides it out.
+                    raise TokenUnavailable(
                         f"the token endpoint {self._token_url} failed {attempt} times, last "
-                        f"with {exc}; check the network and AEMO's status, then resume the run"
+                        f"with {exc}"
                     ) from exc
                 delay = full_jitter_s(
                     attempt, base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, rng=self._rng

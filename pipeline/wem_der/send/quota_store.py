@@ -212,9 +212,7 @@ class SqliteLog:
             private_dir(self.path.parent)
             private_file(self.path)
             # isolation_level=None: each grant issues its own BEGIN IMMEDIATE and COMMIT.
-            conn = sqlite3.connect(
-                self.path, timeout=self._open_timeout_s, isolation_level=None
-            )
+            conn = sqlite3.connect(self.path, timeout=self._open_timeout_s, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise self._unusable(exc) from exc
         try:

@@ -84,6 +84,9 @@ class Verdict(StrEnum):
 # 408: the gateway gave up waiting for the request, so nothing was processed. 429 is the
 # quota [doc]; 500/502/503/504 are transient, and AEMO also uses 503 to throttle [guess].
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# What a register that is down answers, for the run's circuit breaker (send/breaker.py):
+# the transient failures less the quota's 429, which says nothing about the register.
+OUTAGE_STATUSES = _RETRY_STATUSES - {429}
 # Wrong method, missing Content-Length, wrong media type [doc]: every record would fail alike.
 _STOP_RUN_STATUSES = frozenset({405, 411, 415})
 
@@ -182,12 +185,19 @@ def decide(answer: Answered) -> Meaning:
     return Meaning.REJECTED
 
 
-# Dropped or refused connections and timeouts, for every retry loop of the package.
-# aiohttp's ServerTimeoutError is both a ClientConnectionError and a TimeoutError. Never
-# bare Exception: a bug must surface.
+class TokenUnavailable(Exception):
+    """The token endpoint gave no token, its own retries spent, for a reason that may pass
+    (down, overloaded, unreachable): the request it was for was never sent, and is retried
+    as one that met an outage."""
+
+
+# Dropped or refused connections, timeouts and a token endpoint that is down, for every
+# retry loop of the package. aiohttp's ServerTimeoutError is both a ClientConnectionError
+# and a TimeoutError. Never bare Exception: a bug must surface.
 RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectionError,
     TimeoutError,
+    TokenUnavailable,
 )
 
 _DELAY_SECONDS = re.compile(r"\d+(?:\.\d+)?")

@@ -22,11 +22,20 @@ from wem_der.send.answers import Counters, KnownRefusal, quoted_error, transacti
 from wem_der.send.attempt import Attempts
 from wem_der.send.auth import TokenProvider
 from wem_der.send.body import ApiAnswer, EncodedBody
+from wem_der.send.breaker import Breaker
 from wem_der.send.client import ApiClient
 from wem_der.send.quota import QuotaLimiter
 from wem_der.send.recent import Recent
 from wem_der.send.reconcile import is_conditional, register_holds
-from wem_der.send.retry import RETRYABLE_EXCEPTIONS, Answered, Budget, Meaning, RetryPolicy, decide
+from wem_der.send.retry import (
+    RETRYABLE_EXCEPTIONS,
+    Answered,
+    Budget,
+    Meaning,
+    RetryPolicy,
+    TokenUnavailable,
+    decide,
+)
 from wem_der.send.routes import Routes, request_body
 
 # NMIs whose existence a Submitter remembers: enough for every record in a run's hands at
@@ -75,6 +84,7 @@ class Submitter:
         record_missing: KnownRefusal,
         stop_after_forbidden: int = 3,
         counters: Counters | None = None,
+        breaker: Breaker | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -82,11 +92,16 @@ class Submitter:
         self._run_id = run_id
         self._client = client
         self._attempts = Attempts(
-            client=client, tokens=tokens, limiter=limiter, policy=policy, counters=counters
+            client=client,
+            tokens=tokens,
+            limiter=limiter,
+            policy=policy,
+            counters=counters,
+            breaker=breaker,
+            clock=clock,
         )
         self._ledger = ledger
         self._routes = routes
-        self._policy = policy
         self._requested = requested
         self._already_exists = already_exists
         self._record_missing = record_missing
@@ -200,7 +215,7 @@ class Submitter:
             # limit (preflight.body_issue), so that validate and submit agree on it.
             body=self._client.encode(request_body(rec.kind, rec.payload)),
             action=self._first_action(rec),
-            budget=Budget(self._policy, clock=self._clock),
+            budget=self._attempts.budget(),
             started=started,
             in_doubt=sent_action is not None,
             sent_action=sent_action,
@@ -211,7 +226,7 @@ class Submitter:
                 return step
             if step is None:
                 continue
-            delay = state.budget.next_delay(self._rng, step.retry_after)
+            delay = self._attempts.next_delay(state.budget, self._rng, step.retry_after)
             if delay is None:
                 return self._outcome(
                     state,
@@ -245,25 +260,34 @@ class Submitter:
         again at once)."""
         rec = state.rec
         method, url = self._routes.write(rec.kind, state.action, rec.nmi)
-        attempt_id = await self._ledger.begin_attempt(
-            run_id=self._run_id,
-            seq=rec.seq,
-            kind=rec.kind.value,
-            nmi=rec.nmi,
-            action=state.action.value,
-            content_hash=rec.content_hash,
-        )
-        state.attempts += 1
-        state.sent_action = None  # from now on, a write that lands is this one
+        attempt_id: int | None = None
+
+        async def leaving() -> None:
+            nonlocal attempt_id
+            attempt_id = await self._ledger.begin_attempt(
+                run_id=self._run_id,
+                seq=rec.seq,
+                kind=rec.kind.value,
+                nmi=rec.nmi,
+                action=state.action.value,
+                content_hash=rec.content_hash,
+            )
+            state.attempts += 1
+            state.sent_action = None  # from now on, a write that lands is this one
+
         try:
-            answer, token = await self._attempts.send(method, url, state.body)
+            answer, token = await self._attempts.send(method, url, state.body, leaving=leaving)
         except RETRYABLE_EXCEPTIONS as exc:
+            state.reason = f"no answer: {type(exc).__name__} {exc}".strip()
+            if attempt_id is None:
+                return _Retry(None)  # the attempt never began
             self._ledger.finish_attempt(attempt_id, http_status=None, transaction_id=None)
             # A lost update is safe to send again (PUT of the whole record); a lost create
-            # may have been stored and must be read back first.
-            state.in_doubt = state.action is Action.CREATE
-            state.reason = f"no answer: {type(exc).__name__} {exc}".strip()
+            # may have been stored and must be read back first, unless it never left for
+            # want of a token.
+            state.in_doubt = state.action is Action.CREATE and not isinstance(exc, TokenUnavailable)
             return _Retry(None)
+        assert attempt_id is not None  # an answered attempt began
         self._ledger.finish_attempt(
             attempt_id, http_status=answer.status, transaction_id=transaction_id(answer)
         )

@@ -2,14 +2,17 @@
 
 A request to the Installation or NMI API goes, in order, through:
 
-    quota (429) -> faults (delay, 429/500/503, drop) -> routing (404/405)
-        -> bearer token (401) -> participant and market headers (400/403)
+    quota (429) -> faults (delay, 429/500/503, drop; an outage's 503 or drop)
+        -> routing (404/405) -> bearer token (401) -> participant and market headers (400/403)
         -> handler: body (411/413/415/400) -> schema (400 1020) -> rules (422)
         -> store -> 200/201 with exceptions  [-> dropped after storing, if so drawn]
 
 Every one of those requests is counted by the quota, refused ones included; the OAuth and
 `/_sim` endpoints are not. The quota comes first because AEMO's gateway counts what
-reaches it, whatever the backend then answers.
+reaches it, whatever the backend then answers. An OAuth request meets no fault but an
+outage window, and that only when the profile says the outage covers the token endpoint.
+Every DER and OAuth request is counted by endpoint and status and logged as it arrived
+(`SimState.answered`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ OAUTH_PREFIX = "/oauth/v1"
 _DER_PREFIXES = (INSTALLATION_PREFIX + "/", NMI_PREFIX + "/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+_OUTAGE_DETAIL = "Service unavailable during an outage (simulated)"
 
 
 class _Dropped(Exception):
@@ -82,7 +88,11 @@ async def _admitted(
     if action is Action.ERROR_503:
         raise ApiError.one(503, "Service temporarily unavailable (simulated)")
     if action is Action.OUTAGE:
-        raise ApiError.one(503, "Service unavailable during an outage (simulated)")
+        state.stats.outage_503 += 1
+        raise ApiError.one(503, _OUTAGE_DETAIL, headers=state.faults.outage_retry_after())
+    if action is Action.OUTAGE_DROP:
+        state.stats.outage_dropped += 1
+        raise _Dropped
     if action is Action.DROP:
         raise _Dropped
     error = request.match_info.http_exception
@@ -96,7 +106,9 @@ async def _admitted(
     return response
 
 
-def _drop(request: web.Request) -> web.Response:
+def _drop(state: SimState, request: web.Request, endpoint: str, now: float) -> web.Response:
+    state.stats.dropped += 1
+    state.answered(endpoint, "dropped", now)
     # Closing the transport first makes aiohttp's attempt to send the response below fail
     # quietly as a client disconnection: the client sees the connection close unanswered.
     transport = request.transport
@@ -108,7 +120,6 @@ def _drop(request: web.Request) -> web.Response:
 async def _der(state: SimState, request: web.Request, handler: Handler) -> web.StreamResponse:
     endpoint = request.match_info.route.name or "unmatched"
     now = state.clock()
-    stats = state.stats
     response: web.StreamResponse
     try:
         if state.quota.arrive(now):
@@ -118,12 +129,32 @@ async def _der(state: SimState, request: web.Request, handler: Handler) -> web.S
     except ApiError as err:
         response = err.response()
     except _Dropped:
-        stats.dropped += 1
-        stats.by_endpoint[(endpoint, "dropped")] += 1
-        return _drop(request)
+        return _drop(state, request, endpoint, now)
     if response.status == 429:
-        stats.http_429 += 1
-    stats.by_endpoint[(endpoint, str(response.status))] += 1
+        state.stats.http_429 += 1
+    state.answered(endpoint, str(response.status), now)
+    return response
+
+
+async def _oauth(state: SimState, request: web.Request, handler: Handler) -> web.StreamResponse:
+    endpoint = request.match_info.route.name or "unmatched"
+    now = state.clock()
+    outage = state.faults.outage(now, token=True)
+    if outage is Action.OUTAGE_DROP:
+        state.stats.outage_dropped += 1
+        return _drop(state, request, endpoint, now)
+    error = request.match_info.http_exception
+    response: web.StreamResponse
+    if outage is Action.OUTAGE:
+        state.stats.outage_503 += 1
+        # The OAuth API's failures are flat bodies [spec], an outage's too.
+        headers = state.faults.outage_retry_after()
+        response = flat(503, "Service Unavailable", _OUTAGE_DETAIL, headers=headers)
+    elif error is not None:
+        response = flat(error.status, error.reason, f"Resource not found: {request.path}")
+    else:
+        response = await handler(request)
+    state.answered(endpoint, str(response.status), now)
     return response
 
 
@@ -134,16 +165,9 @@ async def gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
     if path.startswith(_DER_PREFIXES):
         return await _der(state, request, handler)
-    error = request.match_info.http_exception
     if path.startswith(OAUTH_PREFIX + "/"):
-        response: web.StreamResponse
-        if error is not None:
-            response = flat(error.status, error.reason, f"Resource not found: {path}")
-        else:
-            response = await handler(request)
-        endpoint = request.match_info.route.name or "unmatched"
-        state.stats.by_endpoint[(endpoint, str(response.status))] += 1
-        return response
+        return await _oauth(state, request, handler)
+    error = request.match_info.http_exception
     if error is not None:
         return _routing_error(request, error.status).response()
     return await handler(request)
@@ -171,6 +195,7 @@ def create_app(state: SimState, *, middlewares: Sequence[Middleware] = ()) -> we
     add("PUT", nmis + "/{nmi}", nmi.update, name="nmi.update")
     add("GET", nmis + "/{nmi}", nmi.get, name="nmi.get")
     add("GET", "/_sim/stats", introspection.stats, name="sim.stats")
+    add("GET", "/_sim/arrivals", introspection.arrivals, name="sim.arrivals")
     add("GET", "/_sim/records", introspection.records, name="sim.records")
     add("POST", "/_sim/reset", introspection.reset, name="sim.reset")
     return app

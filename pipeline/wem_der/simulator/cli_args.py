@@ -21,6 +21,7 @@ from wem_der.simulator.settings import FaultProfile, SimulatorSettings
 
 SECRET_ENV = "WEMDER_SIM_CLIENT_SECRET"  # noqa: S105 -- a variable name, not a secret
 _QUOTA = re.compile(r"(?P<count>\d+)/(?P<period>\d+(?:\.\d+)?)s?")
+_WINDOW = re.compile(r"(?P<start>\d+(?:\.\d+)?):(?P<end>\d+(?:\.\d+)?)")
 
 # The flags that override the same FaultProfile field of a profile file.
 _FAULT_FLAGS = (
@@ -33,6 +34,10 @@ _FAULT_FLAGS = (
     "applied_then_dropped_rate",
     "retry_after",
     "retry_after_s",
+    "outages",
+    "dropped_outages",
+    "outage_retry_after_s",
+    "outages_cover_token",
 )
 
 
@@ -41,6 +46,25 @@ def _quota(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int, 
     if match is None:
         raise click.BadParameter(f"expected COUNT/PERIOD such as 6000/60s, not {text!r}")
     return int(match["count"]), float(match["period"])
+
+
+def _windows(
+    ctx: click.Context, param: click.Parameter, texts: tuple[str, ...]
+) -> tuple[tuple[float, float], ...] | None:
+    windows = []
+    for text in texts:
+        match = _WINDOW.fullmatch(text.strip())
+        if match is None:
+            raise click.BadParameter(
+                f"expected START:END in seconds since the simulator started, such as 60:180,"
+                f" not {text!r}"
+            )
+        start, end = float(match["start"]), float(match["end"])
+        if end <= start:
+            raise click.BadParameter(f"{text!r} ends before it starts: END must exceed START")
+        windows.append((start, end))
+    # None when the flag is not given, so that the profile file's windows stand.
+    return tuple(windows) or None
 
 
 def simulator_options() -> list[click.Parameter]:
@@ -99,6 +123,33 @@ def simulator_options() -> list[click.Parameter]:
         ),
         click.Option(["--retry-after"], type=click.Choice(["absent", "seconds", "http-date"])),
         click.Option(["--retry-after-s"], type=float),
+        click.Option(
+            ["--outage", "outages"],
+            multiple=True,
+            callback=_windows,
+            metavar="START:END",
+            help="answer every DER request 503 from START to END seconds after the start "
+            "(repeatable)",
+        ),
+        click.Option(
+            ["--dropped-outage", "dropped_outages"],
+            multiple=True,
+            callback=_windows,
+            metavar="START:END",
+            help="close every DER request's connection unanswered from START to END seconds "
+            "after the start (repeatable)",
+        ),
+        click.Option(
+            ["--outage-retry-after", "outage_retry_after_s"],
+            type=float,
+            metavar="SECONDS",
+            help="Retry-After on an outage's 503s (default: none)",
+        ),
+        click.Option(
+            ["--outages-cover-token/--outages-spare-token", "outages_cover_token"],
+            default=None,
+            help="whether the OAuth token endpoint is down in the outages too (default: spared)",
+        ),
     ]
 
 

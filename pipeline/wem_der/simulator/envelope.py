@@ -55,10 +55,17 @@ def success(status: int, **fields: Any) -> web.Response:
     return json_response(status, {"transactionId": transaction_id(), **fields})
 
 
-def flat(status: int, title: str, detail: str, *, source: str = "API Gateway") -> web.Response:
+def flat(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    source: str = "API Gateway",
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
     """The OAuth API's flat error body."""
     body = {"code": status, "title": title, "detail": detail, "source": source}
-    return json_response(status, body)
+    return json_response(status, body, headers)
 
 
 class ApiError(Exception):

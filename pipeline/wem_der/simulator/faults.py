@@ -3,6 +3,8 @@
 One `random.Random(seed)` drives every decision, and each request draws the same number of
 values whatever the outcome (one for jitter when jitter is on, one for the action when any
 rate is set), so the same seed and the same sequence of requests give the same answers.
+Outage windows draw nothing: they depend on the time alone, so the token endpoint, which
+takes no draw, can share them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Action(Enum):
     ERROR_500 = "500"
     ERROR_503 = "503"
     OUTAGE = "outage"  # 503 inside an outage window
+    OUTAGE_DROP = "outage-dropped"  # connection closed unanswered inside a dropped outage
     DROP = "drop"  # connection closed, nothing done, no answer
     APPLY_THEN_DROP = "applied-then-dropped"  # change stored, then no answer
 
@@ -38,6 +41,22 @@ class Decision:
 
 
 _NO_FAULT = Decision(0.0, Action.NONE)
+
+Windows = tuple[tuple[float, float], ...]
+
+
+def _absolute(windows: Windows, started_at: float) -> Windows:
+    return tuple((started_at + start, started_at + end) for start, end in windows)
+
+
+def _inside(now: float, windows: Windows) -> bool:
+    return any(start <= now < end for start, end in windows)
+
+
+def _delay_seconds(seconds: float) -> dict[str, str]:
+    # Delay-seconds is a whole number [RFC 9110 10.2.3]: rounding up never invites a client
+    # back before the time asked.
+    return {"Retry-After": str(math.ceil(seconds))}
 
 
 class FaultInjector:
@@ -60,12 +79,17 @@ class FaultInjector:
                 edge += rate
                 bands.append((edge, action))
         self._bands = tuple(bands)
-        self._outages = tuple(
-            (started_at + start, started_at + end) for start, end in profile.outages
-        )
+        self._outages = _absolute(profile.outages, started_at)
+        self._dropped_outages = _absolute(profile.dropped_outages, started_at)
         self._base_delay_s = profile.latency_ms / 1000
         self._jitter_s = profile.jitter_ms / 1000
-        self._idle = not (self._bands or self._outages or self._base_delay_s or self._jitter_s)
+        self._idle = not (
+            self._bands
+            or self._outages
+            or self._dropped_outages
+            or self._base_delay_s
+            or self._jitter_s
+        )
 
     def decide(self, now: float) -> Decision:
         """The fault, if any, for a request arriving at `now`."""
@@ -83,15 +107,33 @@ class FaultInjector:
                     break
         # An outage wins over any drawn fault, but the draw above still happened, so the
         # sequence after the outage is the same as without it.
-        if any(start <= now < end for start, end in self._outages):
-            action = Action.OUTAGE
+        outage = self.outage(now)
+        if outage is not None:
+            action = outage
         return Decision(delay, action)
+
+    def outage(self, now: float, *, token: bool = False) -> Action | None:
+        """OUTAGE or OUTAGE_DROP if `now` is inside a window of that kind, else None; for a
+        token request (`token`), None unless the profile's outages cover the token
+        endpoint."""
+        if token and not self.profile.outages_cover_token:
+            return None
+        if _inside(now, self._outages):
+            return Action.OUTAGE
+        if _inside(now, self._dropped_outages):
+            return Action.OUTAGE_DROP
+        return None
+
+    def outage_retry_after(self) -> dict[str, str]:
+        """The Retry-After header for an outage's 503, as the profile asks (none by default)."""
+        seconds = self.profile.outage_retry_after_s
+        return {} if seconds is None else _delay_seconds(seconds)
 
     def retry_after(self) -> dict[str, str]:
         """The Retry-After header for a 429, as the profile asks (none by default)."""
         mode = self.profile.retry_after
         if mode == "seconds":
-            return {"Retry-After": str(math.ceil(self.profile.retry_after_s))}
+            return _delay_seconds(self.profile.retry_after_s)
         if mode == "http-date":
             # An HTTP date is absolute wall-clock time: the injected clock is monotonic.
             return {

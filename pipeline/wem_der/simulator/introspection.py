@@ -16,6 +16,16 @@ async def stats(request: web.Request) -> web.Response:
     return success(200, **request.app[STATE].snapshot())
 
 
+async def arrivals(request: web.Request) -> web.Response:
+    """GET /_sim/arrivals: the latest requests (see `Arrival`), oldest first, as
+    `[at_s, endpoint, status]`; `received` counts every request since the start or the last
+    reset, so a reader knows whether the log still holds the first ones."""
+    state = request.app[STATE]
+    stats = state.stats
+    logged = [[a.at_s, a.endpoint, a.status] for a in stats.arrivals]
+    return success(200, arrivals=logged, received=sum(stats.by_endpoint.values()))
+
+
 async def records(request: web.Request) -> web.Response:
     """GET /_sim/records: every current installation (with its exceptions) and NMI record."""
     store = request.app[STATE].store

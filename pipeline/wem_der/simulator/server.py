@@ -15,7 +15,7 @@ from aiohttp.typedefs import Middleware
 from wem_der.simulator.app import INSTALLATION_PREFIX, NMI_PREFIX, OAUTH_PREFIX, create_app
 from wem_der.simulator.settings import SimulatorSettings
 from wem_der.simulator.sqlite_store import SqliteStore
-from wem_der.simulator.state import Clock, SimState, Sleep
+from wem_der.simulator.state import Arrival, Clock, SimState, Sleep
 from wem_der.simulator.store import MemoryStore, Store
 
 
@@ -77,6 +77,10 @@ class Simulator:
     def stats(self) -> dict[str, Any]:
         """The same counters as `GET /_sim/stats`."""
         return self.state.snapshot()
+
+    def arrivals(self) -> tuple[Arrival, ...]:
+        """The latest requests, oldest first, as `GET /_sim/arrivals` lists them."""
+        return tuple(self.state.stats.arrivals)
 
     async def __aenter__(self) -> Simulator:
         settings = self.settings

@@ -22,6 +22,11 @@ class FaultProfile(BaseModel):
     The five rates are exclusive bands of one uniform draw per DER request (throttle, 500,
     503, drop, applied-then-dropped, in that order), so they must add up to at most 1 and a
     given seed yields the same sequence of answers for the same sequence of requests.
+
+    Outage windows are the register being down rather than failing now and then: inside
+    one, every DER request (and, with `outages_cover_token`, every token request, as in a
+    maintenance window of the whole gateway) is answered 503 (`outages`) or has its
+    connection closed unanswered (`dropped_outages`), whatever the draw.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -35,6 +40,15 @@ class FaultProfile(BaseModel):
     applied_then_dropped_rate: float = Field(default=0.0, ge=0, le=1)
     # [start_s, end_s) windows during which every DER request is answered 503.
     outages: tuple[tuple[float, float], ...] = ()
+    # [start_s, end_s) windows during which every DER request's connection is closed without
+    # an answer, as a gateway that is down or unreachable does.
+    dropped_outages: tuple[tuple[float, float], ...] = ()
+    # Retry-After (delay-seconds, rounded up) on an outage's 503s; None sends none, as AEMO
+    # documents none [doc].
+    outage_retry_after_s: float | None = Field(default=None, ge=0)
+    # Whether the OAuth token endpoint is down in the windows too (the whole gateway), or
+    # only the DER APIs behind it.
+    outages_cover_token: bool = False
     # At each time T, every token issued before T stops working.
     revoke_tokens_at_s: tuple[float, ...] = ()
     # AEMO documents no Retry-After on 429 [doc], so the default sends none.
@@ -52,9 +66,16 @@ class FaultProfile(BaseModel):
         )
         if total > 1:
             raise ValueError(f"fault rates add up to {total}, more than 1")
-        for start, end in self.outages:
+        for start, end in (*self.outages, *self.dropped_outages):
             if end <= start:
                 raise ValueError(f"outage [{start}, {end}) ends before it starts")
+        for start, end in self.outages:
+            for d_start, d_end in self.dropped_outages:
+                if start < d_end and d_start < end:
+                    raise ValueError(
+                        f"outage [{start}, {end}) overlaps dropped outage [{d_start}, {d_end}):"
+                        " a request in both would need two answers; move one of them"
+                    )
         return self
 
     @classmethod

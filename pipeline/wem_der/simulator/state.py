@@ -1,12 +1,16 @@
 """The simulator's state, shared by every handler through the application.
 
 One `SimState` per running simulator holds the components (store, quota, tokens, faults,
-rules, body schema), the injected clock and sleep, and the counters behind `GET /_sim/stats`.
+rules, body schema), the injected clock and sleep, the counters behind `GET /_sim/stats`
+and the log of recent arrivals behind `GET /_sim/arrivals`: counters say how many requests
+a run sent, the log says when, which is what a test of a client riding out an outage reads
+(how many requests a second reached the register while it was down).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import sys
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +28,19 @@ from wem_der.simulator.tokens import TokenIssuer
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
+# The arrival log keeps the latest requests only, so that a simulator serving a long run
+# stays small (about 9 MB when full); a test reads it long before it wraps.
+ARRIVALS_KEPT = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One request to the OAuth or a DER API, as the simulator answered it."""
+
+    at_s: float  # seconds since the simulator started, on its clock, as a profile's times
+    endpoint: str  # the route's name ("installation.create"), or "unmatched"
+    status: str  # the status answered, or "dropped" for a connection closed unanswered
+
 
 @dataclass
 class Stats:
@@ -40,6 +57,10 @@ class Stats:
     duplicate_creates: int = 0
     dropped: int = 0
     applied_then_dropped: int = 0
+    # Requests met by an outage window: answered 503, or closed unanswered (also `dropped`).
+    outage_503: int = 0
+    outage_dropped: int = 0
+    arrivals: deque[Arrival] = field(default_factory=lambda: deque(maxlen=ARRIVALS_KEPT))
 
 
 @dataclass
@@ -85,6 +106,14 @@ class SimState:
             started_at=started_at,
         )
 
+    def answered(self, endpoint: str, status: str, arrived: float) -> None:
+        """Count one request to `endpoint` that arrived at `arrived` (on the clock) and was
+        answered `status` ("dropped": closed unanswered), and log its arrival."""
+        # Interned, so that the log holds one string per status rather than one per request.
+        status = sys.intern(status)
+        self.stats.by_endpoint[(endpoint, status)] += 1
+        self.stats.arrivals.append(Arrival(arrived - self.started_at, endpoint, status))
+
     def snapshot(self) -> dict[str, Any]:
         """The body of `GET /_sim/stats` (without its transaction id)."""
         requests: dict[str, dict[str, int]] = {}
@@ -103,12 +132,15 @@ class SimState:
             "duplicate_creates": stats.duplicate_creates,
             "dropped": stats.dropped,
             "applied_then_dropped": stats.applied_then_dropped,
+            "outage_503": stats.outage_503,
+            "outage_dropped": stats.outage_dropped,
             "tokens_issued": self.tokens.issued_total,
             **self.store.counts(),
         }
 
     def reset(self) -> None:
-        """Forget records, counters and the quota's history (tokens stay valid)."""
+        """Forget records, counters, the arrival log and the quota's history (tokens stay
+        valid)."""
         self.store.clear()
         self.quota.reset()
         self.stats = Stats()
