@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every benchmark in turn. Each prints its table and writes benchmarks/results/NAME.json;
-# a benchmark that fails is reported and the others still run. About 17 minutes (--quick:
-# about 7, without the 6000/60s quota run and with a 100k-row ledger for resume).
+# a benchmark that fails is reported and the others still run. About 22 minutes (--quick:
+# about 12, without the 6000/60s quota run and with a 100k-row ledger for resume).
 #
 #   benchmarks/run_all.sh [--quick]        (with the project's virtualenv active, or
 #   PYTHON=/path/to/venv/bin/python benchmarks/run_all.sh)
@@ -33,6 +33,7 @@ run benchmarks.peers
 run benchmarks.peers --lost-answers 0.05 --name peers_lost_answers
 run benchmarks.plan_register
 run benchmarks.shared_quota
+run benchmarks.outage_ride
 if [[ $QUICK == 0 ]]; then
     run benchmarks.startup_resume
 else

@@ -338,7 +338,7 @@ async def main(mode, path, spare):
             if mode != "open":
                 exhaust(spare)
             if mode == "sort":
-                print(len(await ledger.attempt_starts("r1")))
+                print(len(await ledger.attempt_times("r1")))
                 return
             await ledger.start_run(run_id="w", kind="installation", out_dir="o", inputs=[],
                                    settings={})

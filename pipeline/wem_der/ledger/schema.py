@@ -139,10 +139,10 @@ HISTORY = """SELECT run_id, seq, started_at, 0, attempt_id, action, http_status,
 OUTCOME_COUNTS = "SELECT outcome, COUNT(*) FROM items WHERE run_id = ? GROUP BY outcome"
 ITEM_KEYS = "SELECT seq, nmi FROM items WHERE run_id = ?{filter}"
 # For reports only: a scan of `attempts`, rather than an index that every write would pay.
-ATTEMPT_STARTS = "SELECT started_at FROM attempts WHERE run_id = ? ORDER BY started_at"
-ATTEMPT_STARTS_ANSWERED = (
-    "SELECT started_at FROM attempts WHERE run_id = ? AND http_status = ? ORDER BY started_at"
-)
+ATTEMPT_TIMES = """SELECT COALESCE(finished_at, started_at) AS at FROM attempts
+    WHERE run_id = ? ORDER BY at"""
+ATTEMPT_TIMES_ANSWERED = """SELECT finished_at AS at FROM attempts
+    WHERE run_id = ? AND http_status = ? ORDER BY at"""
 # A run's finished write attempts by answer (NULL: none came), for a resumed run's summary.
 ATTEMPT_STATUSES = """SELECT http_status, COUNT(*) FROM attempts
     WHERE run_id = ? AND finished_at IS NOT NULL GROUP BY 1"""

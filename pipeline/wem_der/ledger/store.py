@@ -336,17 +336,18 @@ class Ledger:
         params = (run_id, *wanted)
         return await self._db.read(lambda conn: dict(conn.execute(statement, params).fetchall()))
 
-    async def attempt_starts(self, run_id: str, *, http_status: int | None = None) -> list[float]:
-        """When each HTTP write attempt of the run began (wall clock, ascending); with
-        `http_status`, only the attempts answered with it.
+    async def attempt_times(self, run_id: str, *, http_status: int | None = None) -> list[float]:
+        """When each HTTP write attempt of the run was answered, or began if no answer
+        came (wall clock, ascending); with `http_status`, only the attempts answered so.
 
-        Read-backs (GETs) have no attempt row, and the time is taken before the attempt
-        waits for the quota: this shows the shape of a run, not an exact quota account.
+        An attempt begins before it waits for the quota (and for the register, while it
+        is down), so its answer is the nearer to when the register counted it. Read-backs
+        (GETs) have no attempt row: this shows the shape of a run, not an exact account.
         """
         params: tuple[object, ...] = (run_id,)
-        statement = sql.ATTEMPT_STARTS
+        statement = sql.ATTEMPT_TIMES
         if http_status is not None:
-            params, statement = (run_id, http_status), sql.ATTEMPT_STARTS_ANSWERED
+            params, statement = (run_id, http_status), sql.ATTEMPT_TIMES_ANSWERED
         return await self._db.read(lambda conn: [at for (at,) in conn.execute(statement, params)])
 
     async def attempt_statuses(self, run_id: str) -> dict[int | None, int]:

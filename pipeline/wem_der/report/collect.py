@@ -74,9 +74,9 @@ async def collect(
         report["outcomes"] = {o.value: counts.get(o.value, 0) for o in Outcome}
         report["errors"], report["exceptions"] = await _problems(ledger, run_id)
         report["quota"] = quota_use(
-            await ledger.attempt_starts(run_id),
+            await ledger.attempt_times(run_id),
             _rate(row),
-            throttled=await ledger.attempt_starts(run_id, http_status=429),
+            throttled=await ledger.attempt_times(run_id, http_status=429),
         )
         report["followup"] = latest_followup(Path(from_text(row.out_dir)))
     if nmi is not None:

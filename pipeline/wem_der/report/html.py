@@ -243,7 +243,8 @@ def _quota(quota: dict[str, Any], down: list[Outage], charts: bool) -> str:
         _note(
             f"{quota['attempts']} write attempts, {refused} of them answered 429; quota {count}"
             f" per {period:g} s; fullest {period:g} s window {quota['fullest_window']}. An"
-            " attempt counts in the period it began in; read-backs are not counted here."
+            " attempt counts in the period its answer came in (or it began in, if none"
+            " came); read-backs are not counted here."
         )
     ]
     if not quota["windows"] and not down:
