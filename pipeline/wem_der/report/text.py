@@ -26,6 +26,7 @@ def to_text(report: dict[str, Any]) -> str:
         parts.append(_errors_text(report["errors"]))
         parts.append(_exceptions_text(report["exceptions"]))
         parts.append(_quota_text(report["quota"]))
+        parts.append(_outages_text(report["run"]["summary"].get("outages") or []))
         parts.append(_followup_text(report["followup"], str(report["run"]["run_id"])))
     if "nmi" in report:
         parts.append(_nmi_text(report["nmi"]))
@@ -153,8 +154,8 @@ def _quota_text(quota: dict[str, Any]) -> str:
         f"quota use: {quota['attempts']} write attempts; quota {count} per {period:g} s;"
         f" fullest {period:g} s window {quota['fullest_window']}"
         f" ({100 * quota['fullest_window'] / count:.1f}% of the quota)\n"
-        "  (an attempt counts when it began, before its wait for the quota; read-backs are\n"
-        "  not counted here: the run summary's requests and fullest window count them)"
+        "  (an attempt counts when its answer came, or when it began if none came; read-backs\n"
+        "  are not counted here: the run summary's requests and fullest window count them)"
     )
     if not quota["windows"]:
         return head
@@ -170,6 +171,24 @@ def _quota_text(quota: dict[str, Any]) -> str:
         ]
     )
     return head + "\n" + table(("period from (UTC)", "attempts", "of quota", ""), rows) + more
+
+
+def _outages_text(outages: list[dict[str, Any]]) -> str:
+    """The times the register was down during the run, as summary.json lists them."""
+    if not outages:
+        return "register outages: none"
+    rows = [
+        (
+            outage.get("start"),
+            outage.get("end"),
+            outage.get("probes"),
+            "still down when the run stopped" if outage.get("still_down") else "",
+        )
+        for outage in outages
+    ]
+    text = "register outages:\n" + table(("from", "to", "probes", ""), rows)
+    causes = {str(outage["cause"]) for outage in outages if outage.get("cause")}
+    return text + "".join(f"\n  likely cause: {cause}" for cause in sorted(causes))
 
 
 # How each status of a follow-up reads: what became of a record that ended conditional.

@@ -84,9 +84,10 @@ class Attempts:
     ) -> tuple[ApiAnswer, str]:
         """One attempt and the token it carried; transport failures raised, and counted.
 
-        `leaving` is awaited once the breaker lets the attempt go, before the quota grants
-        it (a write records itself in the ledger there): an attempt held by an outage, and
-        stopped there, has nothing to read back.
+        `leaving` is awaited once, when the quota has granted the attempt (a write records
+        itself in the ledger there): an attempt that a stop or a kill -9 caught waiting
+        for the quota, or for the register before its first grant, has nothing to read
+        back.
         """
         probe = await self._granted(leaving)
         with self._told(probe):
@@ -114,15 +115,15 @@ class Attempts:
         while True:
             probe = False if self._breaker is None else await self._breaker.admit()
             with self._told(probe):
-                if leaving is not None:
-                    await leaving()
-                    leaving = None
                 # A refresh due now happens before the grant, not between it and the send.
                 await self.tokens.token()
                 await self._limiter.acquire()
-            # The breaker opened while this attempt waited for the quota: the grant goes
-            # unused (the quota counts it, which errs on the safe side), and the attempt
-            # waits for its turn.
+                if leaving is not None:
+                    await leaving()
+                    leaving = None
+            # The breaker opened while this attempt waited for the quota or the ledger:
+            # the grant goes unused (the quota counts it, which errs on the safe side), and
+            # the attempt waits for its turn. Nothing else waits between here and the wire.
             if probe or self._breaker is None or not self._breaker.is_open:
                 return probe
 
