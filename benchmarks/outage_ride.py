@@ -91,6 +91,8 @@ def measure(
         "failed": summary["failed"],
         "met": len(met),
         "first_second": per_second[0],
+        # When each of them came, in ms after the first: together, or one after another.
+        "first_second_ms": [round((at - met[0]) * 1000, 1) for at in met if at < met[0] + 1],
         "max_per_second_after": max((n for s, n in per_second.items() if s >= 1), default=0),
         "probes": sum(o["probes"] for o in summary["outages"]),
         "outages": summary["outages"],

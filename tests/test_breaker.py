@@ -56,6 +56,31 @@ def test_a_4xx_and_a_2xx_count_as_the_register_up() -> None:
         assert not b.is_open, status
 
 
+async def test_after_an_outage_failure_attempts_go_one_at_a_time_until_an_answer() -> None:
+    """A register going down meets the failures that open the breaker, not a burst: after
+    one outage failure, one attempt goes at a time, at once; an answer lets all go."""
+    clock = VirtualClock(autojump=False)
+    b = breaker(clock)
+    assert await b.admit() is False  # all well: no turn to wait for
+    b.answered(503, probe=False)
+    started = clock()
+    async with asyncio.timeout(5):
+        assert await b.admit() is True  # the one that goes alone, without a wait
+        second = asyncio.create_task(b.admit())
+        third = asyncio.create_task(b.admit())
+        await settle()
+        assert not second.done()
+        assert not third.done()
+        b.answered(503, probe=True)  # one more failure: the next goes alone
+        await settle()
+        assert sum(task.done() for task in (second, third)) == 1
+        b.answered(201, probe=True)  # an answer: the register is up
+        await asyncio.gather(second, third)
+        assert await b.admit() is False
+    assert clock() == started
+    assert not b.is_open
+
+
 async def test_while_open_only_one_probe_goes_at_a_time() -> None:
     clock = VirtualClock(autojump=False)
     b = breaker(clock, opens_after=1)

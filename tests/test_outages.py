@@ -93,7 +93,9 @@ async def test_a_run_rides_out_an_outage_with_no_record_failed(
         met = min(e.at for e in tap.exchanges if start <= e.at < end)
         per_second = down_per_second(tap, met, end)
         # The first second the run meets the outage holds the failures that open the
-        # breaker and the requests already on their way; after it only the probes go, one
+        # breaker and the requests already on their way (on virtual time, which stands
+        # still while the loop is busy, all those the quota granted at that instant; real
+        # time spreads them: benchmarks/outage_ride.py); after it only the probes go, one
         # at a time, at most two a second.
         assert 3 <= per_second[0] <= 20, per_second
         assert max(n for s, n in per_second.items() if s >= 1) <= 2, per_second

@@ -121,10 +121,12 @@ class Attempts:
                 if leaving is not None:
                     await leaving()
                     leaving = None
-            # The breaker opened while this attempt waited for the quota or the ledger:
-            # the grant goes unused (the quota counts it, which errs on the safe side), and
-            # the attempt waits for its turn. Nothing else waits between here and the wire.
-            if probe or self._breaker is None or not self._breaker.is_open:
+            # The register failed an attempt while this one waited for the quota or the
+            # ledger: the grant goes unused (the quota counts it, which errs on the safe
+            # side), and the attempt waits for its turn, so that what the quota lets go
+            # together does not all meet an outage. Nothing else waits between here and
+            # the wire.
+            if probe or self._breaker is None or not self._breaker.holding:
                 return probe
 
     @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """The run's circuit breaker: a register that is down pauses the run instead of failing it.
 
-    closed --`opens_after` outage failures in a row, no answer between--> open
+    closed --an outage failure--> one attempt at a time until an answer (closed again)
+           --`opens_after` outage failures in a row, no answer between--> open
     open   --one probe at a time, its waits growing to `probe_cap_s`--> an answer: closed
     open   --for longer than `max_outage_s`--> RegisterDown: the run stops, resumably
 
@@ -123,6 +124,12 @@ class Breaker:
     def is_open(self) -> bool:
         return bool(self.outages) and self.outages[-1].end is None
 
+    @property
+    def holding(self) -> bool:
+        """Whether attempts go one at a time: while open, or after an outage failure with
+        no answer since."""
+        return self._streak > 0 or self.is_open
+
     def uptime(self) -> float:
         """The breaker's clock less every outage: a record's budget runs by it, so that
         waiting out an outage costs no record its retries."""
@@ -153,10 +160,21 @@ class Breaker:
         return f"register unavailable since {since}; {nxt}{cause}"
 
     async def admit(self) -> bool:
-        """Wait until an attempt may go: at once while closed, and while open, when the
-        probe is due and none is on its way. True: this attempt is the probe, whose
-        answer (`answered`, `failed`) or end (`release`) the breaker must be told."""
-        while self.is_open:
+        """Wait until an attempt may go: at once while all is well; one at a time, with
+        no wait, after an outage failure with no answer since (the register may be going
+        down: it then meets the few failures that open the breaker, not every request
+        the quota lets go together); and while open, when the probe is due and none is
+        on its way. True: this attempt goes alone, and the breaker must be told its
+        answer (`answered`, `failed`) or its end (`release`)."""
+        while True:
+            if not self.is_open:
+                if self._streak == 0:
+                    return False
+                if not self._probing:
+                    self._probing = True
+                    return True
+                await sleep_unless(self._changed, self._sleep, self._probe_cap_s)
+                continue
             now, outage = self._clock(), self.outages[-1]
             give_up_at = outage.start + self._max_outage_s
             if now >= give_up_at:
@@ -168,7 +186,6 @@ class Breaker:
                 return True
             until = give_up_at if self._probing else min(give_up_at, self._next_probe_at)
             await sleep_unless(self._changed, self._sleep, until - now)
-        return False
 
     def answered(self, status: int, *, probe: bool, retry_after_s: float | None = None) -> None:
         """An attempt got an HTTP answer with `status`."""
@@ -182,6 +199,9 @@ class Breaker:
             self._streak = 0
             if self.is_open:
                 self._close()
+            elif self._probing or probe:
+                self._probing = False
+                self._notify()
 
     def failed(
         self, exc: BaseException | None, *, probe: bool, retry_after_s: float | None = None
@@ -196,6 +216,8 @@ class Breaker:
                 self._reschedule(retry_after_s)
         elif self._streak >= self._opens_after:
             self._open(exc, retry_after_s)
+        elif probe:
+            self.release()
 
     def release(self) -> None:
         """The probe ended without an answer of any kind (its record was stopped): another
@@ -213,6 +235,7 @@ class Breaker:
         self._probe_failures = 0
         self._probing = False
         self._next_probe_at = now + self._probe_wait(retry_after_s)
+        self._notify()  # those waiting their turn one at a time now wait for the probe
         log.warning(
             "register.unavailable",
             failures_in_a_row=self._streak,
