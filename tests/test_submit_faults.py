@@ -137,8 +137,9 @@ async def test_a_stop_does_not_wait_for_the_quota(tmp_path: Path, tap: Tap) -> N
     async with asyncio.timeout(10):
         path = write_jsonl(tmp_path / "in.jsonl", records(10))
         async with Simulator(sim_settings(), middlewares=[tap.middleware]) as sim:
-            # No ceiling: both requests of the window leave at once, which the default
-            # ceiling (1 a second at a quota this low) would spread over two seconds.
+            # No ceiling: both requests of the window may leave together (a few ms apart),
+            # which the default ceiling (1 a second at a quota this low) would spread over
+            # two seconds.
             settings = run_settings(
                 sim,
                 tmp_path,
@@ -148,7 +149,9 @@ async def test_a_stop_does_not_wait_for_the_quota(tmp_path: Path, tap: Tap) -> N
             )
             result = await submit(settings, tmp_path, [path])
         assert result.exit_code == 3
-        assert len(tap.exchanges) == 2
+        # The window's second request leaves a few ms after the first (the quota's
+        # spacing of a job's requests), unless the first's answer has stopped the run.
+        assert 1 <= len(tap.exchanges) <= 2
         found = assert_each_once(result.out_dir, lines_of(path, 10))
         assert len(found["failed"]) == 10
 

@@ -192,7 +192,9 @@ async def test_versions_of_one_nmi_go_in_input_order_one_at_a_time(
             sim_cfg, clock=clock, sleep=clock.sleep, middlewares=[tap.middleware]
         ) as sim:
             settings = run_settings(sim, tmp_path, concurrency=8)
-            result = await submit(settings, tmp_path, [path])
+            # The client on the same clock: its requests, a few ms apart (the quota's
+            # spacing), meet answers that take up to 31 ms.
+            result = await submit(settings, tmp_path, [path], clock=clock, sleep=clock.sleep)
             history = {r["nmi"]: sim.store.history(r["nmi"]) for r in twice}
             current = {r["nmi"]: sim.store.installation(r["nmi"]) for r in twice}
         found = assert_each_once(result.out_dir, lines_of(path, len(items)))

@@ -49,7 +49,7 @@ from wem_der.send.body import Compression
 from wem_der.send.breaker import Breaker, parse_duration
 from wem_der.send.client import SPARE_CONNECTIONS, ApiClient, TlsSettings, make_session
 from wem_der.send.diagnose import Diagnosis
-from wem_der.send.quota import QuotaLimiter, parse_burst, parse_rate
+from wem_der.send.quota import QuotaLimiter, parse_burst, parse_rate, spread_s
 from wem_der.send.quota_store import open_log
 from wem_der.send.retry import RetryPolicy
 from wem_der.send.submitter import Submitter
@@ -454,6 +454,7 @@ async def _pace(
         margin_s=settings.quota_margin_s,
         burst=parse_burst(settings.burst, count, period_s),
         max_share=settings.max_share,
+        gap_s=spread_s(count, period_s),
         log=log,
         clock=clock,
         sleep=quota_sleep,

@@ -90,7 +90,7 @@ class Breaker:
         self,
         *,
         opens_after: int = 3,
-        probe_base_s: float = 1.0,
+        probe_base_s: float = 2.0,
         probe_cap_s: float = 60.0,
         max_outage_s: float = 3 * 3600.0,
         diagnose: Callable[[BaseException], str | None] = lambda exc: None,

@@ -74,6 +74,25 @@ def parse_burst(text: str | None, count: int, period_s: float) -> tuple[int, flo
     return burst
 
 
+# The longest least time between two starts of a job (see `spread_s`): about what a
+# gateway near the client takes to refuse a request.
+MAX_SPREAD_S = 0.01
+
+
+def spread_s(count: int, period_s: float) -> float:
+    """The least time between two starts of a job: half the quota's average interval, at
+    most `MAX_SPREAD_S` (5 ms at 6000/60s).
+
+    A window that frees many places at once (the run's first, the end of a pause, the
+    echo of either one window later) would otherwise let as many requests leave together:
+    a spike for a gateway that arrests them and, if the register has just gone down, all
+    of them into the outage before its first failure comes back for the breaker to act
+    on (send/breaker.py). Half the interval leaves room to catch up after a late timer,
+    so it costs no throughput; at a slow quota the gap stays short, for the same reason.
+    """
+    return min(period_s / count / 2, MAX_SPREAD_S)
+
+
 class QuotaLimiter:
     """Let at most `limit` requests start in any window of `period_s + margin_s` seconds.
 
@@ -81,7 +100,8 @@ class QuotaLimiter:
     `decrease_factor` (never below `min_fraction * count`) and climbs back linearly to
     `count` over `recovery_s`. `pause_for` stops every start until a moment has passed.
     `burst` (count, seconds) adds a ceiling on any shorter window, lowered with the limit;
-    `max_share` caps this job's own starts at that fraction of the limit. `log` holds the
+    `max_share` caps this job's own starts at that fraction of the limit; `gap_s` is the
+    least time between two of this job's starts (see `spread_s`). `log` holds the
     starts, shared with other jobs or not (a `MemoryLog` of this process by default).
     The clock must never go backwards; `sleep` must sleep for (at least) the given time.
     """
@@ -94,12 +114,14 @@ class QuotaLimiter:
         "_decrease",
         "_floor",
         "_full_at",
+        "_gap_s",
         "_granted",
         "_lock",
         "_log",
         "_low",
         "_max_in_window",
         "_max_share",
+        "_next_start",
         "_paused_until",
         "_period_s",
         "_queued",
@@ -123,6 +145,7 @@ class QuotaLimiter:
         recovery_s: float | None = None,
         burst: tuple[int, float] | None = None,
         max_share: float | None = None,
+        gap_s: float = 0.0,
         log: QuotaLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -142,6 +165,8 @@ class QuotaLimiter:
             raise ValueError(f"burst {burst} must allow at least 1 request per period > 0")
         if max_share is not None and not 0 < max_share <= 1:
             raise ValueError(f"max_share must be in (0, 1], not {max_share}")
+        if not gap_s >= 0:
+            raise ValueError(f"gap_s must be >= 0, not {gap_s}")
         self._count = count
         self._period_s = period_s
         # The client stamps a start when the request leaves; the server counts it when it
@@ -168,6 +193,8 @@ class QuotaLimiter:
         self._max_in_window = 0
         self._granted = 0
         self._paused_until = -math.inf
+        self._gap_s = gap_s
+        self._next_start = -math.inf
         # A pause not yet told to the log (a 429's): the next grant carries it to every job.
         self._share_until = -math.inf
         self._queued = 0  # acquirers on the slow path; while > 0 nobody may skip the queue
@@ -242,6 +269,8 @@ class QuotaLimiter:
     async def _grant_or_wait(self) -> float:
         """Record a start and return 0.0 if one may start now, else how long to wait (> 0)."""
         now = self._clock()
+        if now < self._next_start:
+            return self._next_start - now
         sharing = self._share_until
         share_s = sharing - now
         # While paused, the log need not be asked, unless the pause is still to be shared.
@@ -273,6 +302,7 @@ class QuotaLimiter:
             return max(taken.paused_s, self._paused_until - now)
         if taken.wait_s == 0.0:
             self._record(now)
+            self._next_start = now + self._gap_s
             return 0.0
         wait = taken.wait_s
         if limit < self._count:
