@@ -41,6 +41,7 @@ from wem_der.register.search import RegisterReader
 from wem_der.register.verify import verify
 from wem_der.run.plan import numbered
 from wem_der.send.answers import KnownRefusal
+from wem_der.send.attempt import Attempts
 from wem_der.send.auth import TokenProvider
 from wem_der.send.client import ApiClient, TlsSettings, make_session
 from wem_der.send.quota import QuotaLimiter, parse_rate
@@ -105,12 +106,15 @@ async def run_verify(sim: SimProcess, source: Path, out: Path, quota: str) -> di
             client_id=sim.client_id,
             client_secret=SecretStr(sim.secret()),
         )
-        reader = RegisterReader(
+        attempts = Attempts(
             client=ApiClient(session=session, tokens=tokens, participant_id=sim.participant_id),
             tokens=tokens,
             limiter=QuotaLimiter(count=count, period_s=period_s),
-            routes=Routes(sim.installation_url, sim.nmi_url),
             policy=RetryPolicy(),
+        )
+        reader = RegisterReader(
+            attempts=attempts,
+            routes=Routes(sim.installation_url, sim.nmi_url),
             record_missing=KnownRefusal.record_missing(settings.record_missing_pattern),
         )
         started = time.monotonic()

@@ -12,6 +12,7 @@ from wem_der.config import Settings
 from wem_der.records.shapes import SERVER_FIELDS
 from wem_der.register.search import RegisterReader
 from wem_der.send.answers import KnownRefusal
+from wem_der.send.attempt import Attempts
 from wem_der.send.auth import TokenProvider
 from wem_der.send.client import ApiClient
 from wem_der.send.quota import QuotaLimiter
@@ -51,12 +52,15 @@ async def reading(
             client_id=client_id,
             client_secret=SecretStr(secret),
         )
-        yield RegisterReader(
+        attempts = Attempts(
             client=ApiClient(session=session, tokens=tokens, participant_id="TESTNSP"),
             tokens=tokens,
             limiter=limiter or QuotaLimiter(count=6000, period_s=60),
-            routes=Routes(base_url, base_url),
             policy=RetryPolicy(max_attempts=max_attempts, base_delay_s=0, max_delay_s=0),
+        )
+        yield RegisterReader(
+            attempts=attempts,
+            routes=Routes(base_url, base_url),
             record_missing=KnownRefusal.record_missing(Settings().record_missing_pattern),
             batch_size=batch_size,
             page_size=page_size,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,12 +35,8 @@ from wem_der.errors import Misconfigured, SearchFailed
 from wem_der.records.shapes import RecordKind
 from wem_der.send.answers import Counters, KnownRefusal, quoted_error, transaction_id
 from wem_der.send.attempt import Attempts
-from wem_der.send.auth import TokenProvider
 from wem_der.send.body import ApiAnswer
-from wem_der.send.breaker import Breaker
-from wem_der.send.client import ApiClient
-from wem_der.send.quota import QuotaLimiter
-from wem_der.send.retry import RETRYABLE_EXCEPTIONS, RetryPolicy, Verdict, classify
+from wem_der.send.retry import RETRYABLE_EXCEPTIONS, Verdict, classify
 from wem_der.send.routes import Routes
 
 # The installation stages the search can select; every installation is in one [spec].
@@ -120,19 +115,13 @@ class RegisterReader:
     def __init__(
         self,
         *,
-        client: ApiClient,
-        tokens: TokenProvider,
-        limiter: QuotaLimiter,
+        attempts: Attempts,
         routes: Routes,
-        policy: RetryPolicy,
         record_missing: KnownRefusal,
         batch_size: int = 100,
         page_size: int = 100,
-        counters: Counters | None = None,
-        breaker: Breaker | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -140,15 +129,9 @@ class RegisterReader:
             raise ValueError(f"page_size must be one of 25, 50 and 100, not {page_size}")
         self.batch_size = batch_size
         self.page_size = page_size
-        self._attempts = Attempts(
-            client=client,
-            tokens=tokens,
-            limiter=limiter,
-            policy=policy,
-            counters=counters,
-            breaker=breaker,
-            clock=clock,
-        )
+        # The run's own attempts: a read takes the quota, token, breaker and counters that
+        # a write takes.
+        self._attempts = attempts
         self._url = routes.collection(RecordKind.INSTALLATION)
         self._record_missing = record_missing
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography

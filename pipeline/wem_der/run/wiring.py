@@ -44,6 +44,7 @@ from wem_der.run.seqset import SeqSet
 from wem_der.run.stages import Engine, Lineage, interruptible
 from wem_der.run.start import LEDGER_FILE, begin, refuse_own_files
 from wem_der.send.answers import Counters, KnownRefusal, status_label
+from wem_der.send.attempt import Attempts
 from wem_der.send.auth import TokenProvider
 from wem_der.send.body import Compression
 from wem_der.send.breaker import Breaker, parse_duration
@@ -145,17 +146,37 @@ def _breaker(settings: Settings, url: str, hooks: Hooks, *, clock: Clock, sleep:
     return breaker
 
 
+def _attempts(
+    settings: Settings,
+    *,
+    client: ApiClient,
+    tokens: TokenProvider,
+    limiter: QuotaLimiter,
+    counters: Counters,
+    breaker: Breaker,
+    clock: Clock,
+) -> Attempts:
+    """How every request of a run is sent, a write or a read: one token, quota, breaker,
+    retry policy and set of counters."""
+    return Attempts(
+        client=client,
+        tokens=tokens,
+        limiter=limiter,
+        policy=_policy(settings),
+        counters=counters,
+        breaker=breaker,
+        clock=clock,
+    )
+
+
 def _submitter(
     settings: Settings,
     plan: RunPlan,
     ep: Endpoints,
     *,
     client: ApiClient,
-    tokens: TokenProvider,
-    limiter: QuotaLimiter,
+    attempts: Attempts,
     ledger: Ledger,
-    counters: Counters,
-    breaker: Breaker,
     stop: asyncio.Event,
     clock: Clock,
     sleep: Sleep,
@@ -163,52 +184,32 @@ def _submitter(
     return Submitter(
         run_id=plan.run_id,
         client=client,
-        tokens=tokens,
-        limiter=limiter,
+        attempts=attempts,
         ledger=ledger,
         routes=ep.routes,
-        policy=_policy(settings),
         requested=Action(settings.action),
         already_exists=KnownRefusal.already_exists(
             settings.already_exists_codes, settings.already_exists_pattern
         ),
         record_missing=KnownRefusal.record_missing(settings.record_missing_pattern),
         stop_after_forbidden=settings.stop_after_forbidden,
-        counters=counters,
-        breaker=breaker,
         sleep=interruptible(stop, sleep),
         clock=clock,
     )
 
 
 def _reader(
-    settings: Settings,
-    ep: Endpoints,
-    *,
-    client: ApiClient,
-    tokens: TokenProvider,
-    limiter: QuotaLimiter,
-    counters: Counters,
-    breaker: Breaker,
-    stop: asyncio.Event,
-    clock: Clock,
-    sleep: Sleep,
+    settings: Settings, ep: Endpoints, *, attempts: Attempts, stop: asyncio.Event, sleep: Sleep
 ) -> RegisterReader:
-    """The register's bulk reader, on the same token, quota, retry policy and counters as
-    the run's writes: a read is a request like any other."""
+    """The register's bulk reader, on the run's `attempts`: a read is a request like any
+    other."""
     return RegisterReader(
-        client=client,
-        tokens=tokens,
-        limiter=limiter,
+        attempts=attempts,
         routes=ep.routes,
-        policy=_policy(settings),
         record_missing=KnownRefusal.record_missing(settings.record_missing_pattern),
         batch_size=settings.search_batch_size,
         page_size=settings.search_page_size,
-        counters=counters,
-        breaker=breaker,
         sleep=interruptible(stop, sleep),
-        clock=clock,
     )
 
 
@@ -236,24 +237,17 @@ async def opened_reader(
             make_session(tls=_tls(settings), concurrency=concurrency, timeout_s=settings.timeout_s)
         )
         client, tokens = _client(settings, ep, session=session, clock=clock, sleep=sleep)
-        yield _reader(
+        url = ep.routes.collection(RecordKind.INSTALLATION)
+        attempts = _attempts(
             settings,
-            ep,
             client=client,
             tokens=tokens,
             limiter=limiter,
             counters=Counters(),
-            breaker=_breaker(
-                settings,
-                ep.routes.collection(RecordKind.INSTALLATION),
-                hooks,
-                clock=clock,
-                sleep=sleep,
-            ),
-            stop=hooks.stop,
+            breaker=_breaker(settings, url, hooks, clock=clock, sleep=sleep),
             clock=clock,
-            sleep=sleep,
         )
+        yield _reader(settings, ep, attempts=attempts, stop=hooks.stop, sleep=sleep)
 
 
 @dataclass
@@ -351,34 +345,29 @@ async def _open(
     client, tokens = _client(settings, ep, session=session, clock=clock, sleep=sleep)
     url = ep.routes.collection(plan.kind)
     breaker = _breaker(settings, url, hooks, clock=clock, sleep=sleep)
+    attempts = _attempts(
+        settings,
+        client=client,
+        tokens=tokens,
+        limiter=limiter,
+        counters=counters,
+        breaker=breaker,
+        clock=clock,
+    )
     submitter = _submitter(
         settings,
         plan,
         ep,
         client=client,
-        tokens=tokens,
-        limiter=limiter,
+        attempts=attempts,
         ledger=ledger,
-        counters=counters,
-        breaker=breaker,
         stop=hooks.stop,
         clock=clock,
         sleep=sleep,
     )
     reader = None
     if plans_from_register(settings, plan.kind):
-        reader = _reader(
-            settings,
-            ep,
-            client=client,
-            tokens=tokens,
-            limiter=limiter,
-            counters=counters,
-            breaker=breaker,
-            stop=hooks.stop,
-            clock=clock,
-            sleep=sleep,
-        )
+        reader = _reader(settings, ep, attempts=attempts, stop=hooks.stop, sleep=sleep)
     elif settings.plan == "register":
         hooks.on_note(
             "the NMI API has no search, so --plan register plans NMI records from the ledger"

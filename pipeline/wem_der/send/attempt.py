@@ -106,7 +106,8 @@ class Attempts:
         if answer.status == 429:
             self.counters.http_429 += 1
         if self._breaker is not None:
-            retry_after = self.retry_after(answer)
+            # Read only when sent: most answers carry none, and this runs for every request.
+            retry_after = None if answer.retry_after is None else self.retry_after(answer)
             self._breaker.answered(answer.status, probe=probe, retry_after_s=retry_after)
         return answer, token
 

@@ -20,11 +20,8 @@ from wem_der.records.outcomes import Action, Outcome, OutcomeRecord, PreparedRec
 from wem_der.records.shapes import RecordKind
 from wem_der.send.answers import Counters, KnownRefusal, quoted_error, transaction_id
 from wem_der.send.attempt import Attempts
-from wem_der.send.auth import TokenProvider
 from wem_der.send.body import ApiAnswer, EncodedBody
-from wem_der.send.breaker import Breaker
 from wem_der.send.client import ApiClient
-from wem_der.send.quota import QuotaLimiter
 from wem_der.send.recent import Recent
 from wem_der.send.reconcile import is_conditional, register_holds
 from wem_der.send.retry import (
@@ -32,7 +29,6 @@ from wem_der.send.retry import (
     Answered,
     Budget,
     Meaning,
-    RetryPolicy,
     TokenUnavailable,
     decide,
 )
@@ -74,32 +70,21 @@ class Submitter:
         *,
         run_id: str,
         client: ApiClient,
-        tokens: TokenProvider,
-        limiter: QuotaLimiter,
+        attempts: Attempts,
         ledger: Ledger,
         routes: Routes,
-        policy: RetryPolicy,
         requested: Action,
         already_exists: KnownRefusal,
         record_missing: KnownRefusal,
         stop_after_forbidden: int = 3,
-        counters: Counters | None = None,
-        breaker: Breaker | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run_id = run_id
+        # The client encodes the bodies; `attempts` sends them, as it sends the run's reads.
         self._client = client
-        self._attempts = Attempts(
-            client=client,
-            tokens=tokens,
-            limiter=limiter,
-            policy=policy,
-            counters=counters,
-            breaker=breaker,
-            clock=clock,
-        )
+        self._attempts = attempts
         self._ledger = ledger
         self._routes = routes
         self._requested = requested
